@@ -1,0 +1,158 @@
+"""The Python API: what the CLI does, callable from a notebook.
+
+    from cluctl import api
+    r = api.learn(0, dataset="digits", model="mlp", store="/tmp/st")   # fresh start
+    r = api.learn(1, from_ref=r.id, store="/tmp/st")
+    r = api.unlearn(1, from_ref=r.id, algo="neggem", store="/tmp/st")
+    api.evaluate(r.id, store="/tmp/st")["tasks"][0]["test_acc"]
+    state = api.load(r.id, store="/tmp/st")      # the model and everything around it
+
+Options are the CLI's, with underscores (``batch_size=10``, ``learn_algo="gem"``,
+``unlearn_batch_size=10``); ``None`` means "the default" (or, with ``from_ref``, "keep the
+checkpoint's value").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import config as C
+from .engine import (
+    State,
+    evaluate_state,
+    learn_task,
+    load_state,
+    new_state,
+    run_config,
+    save_state,
+    unlearn_task,
+)
+from .errors import UsageError
+
+RUN_KEYS = ("dataset", "tasks", "model", "width", "seed")
+
+
+@dataclass
+class OpResult:
+    id: str
+    summary: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def open_store(store=None):
+    from .store import Store
+
+    if store is not None and not isinstance(store, (str, os.PathLike)):
+        return store
+    return Store.open(Path(store or os.environ.get("CLUCTL_STORE") or "store"))
+
+
+def scores_provider(store, cfg: dict, quiet: bool = False) -> Callable[[State], tuple[np.ndarray, str | None]]:
+    """Scores for ranked buffers: ``--mem-scores REF`` or the cached confidence proxy."""
+
+    def provide(state: State):
+        from .buffers.memorization import cached_proxy, load_scores
+
+        ref = cfg.get("mem_scores")
+        if ref:
+            scores, meta = load_scores(store, ref)
+            if meta.get("dataset_fingerprint") not in (None, state.dataset.fingerprint):
+                raise UsageError(f"memorization scores {ref} were computed for another dataset ({meta.get('dataset')})")
+            if len(scores) != len(state.dataset.y_train):
+                raise UsageError(f"memorization scores {ref} hold {len(scores)} values; "
+                                 f"{state.dataset.name} has {len(state.dataset.y_train)} training samples")
+            return scores, store.resolve(ref)
+        return cached_proxy(store, state.dataset, state.config["model"], state.config.get("width"),
+                            state.config["seed"])
+
+    return provide
+
+
+def _split_options(options: dict) -> tuple[dict, dict]:
+    run = {k: options.pop(k) for k in RUN_KEYS if k in options}
+    return run, options
+
+
+def _checkpoint_ref(store, oid: str) -> None:
+    store.set_ref(f"checkpoints/{oid[:16]}", oid)
+
+
+def learn(task: int, from_ref: str | None = None, store=None, device: str | None = None,
+          data_root: str | None = None, download: bool = False, impl: str = "fast",
+          threads: int | None = None, progress=None, **options: Any) -> OpResult:
+    """Learn ``task``; returns the new checkpoint (``.id``) and a summary."""
+    st = open_store(store)
+    impl = C.validate_execution({"impl": impl})["impl"]
+    opts = {k: v for k, v in options.items() if v is not None}
+    if "algo" in opts:
+        opts["learn_algo"] = opts.pop("algo")
+    run, learn_opts = _split_options(opts)
+    unknown = set(learn_opts) - set(C.LEARN_DEFAULTS) - set(C.UNLEARN_DEFAULTS)
+    if unknown:
+        raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    if from_ref:
+        state = load_state(st, from_ref, overrides={**run, **learn_opts}, device=device,
+                           data_root=data_root, download=download, threads=threads)
+    else:
+        state = new_state(run_config(**run, **learn_opts), device=device, data_root=data_root,
+                          download=download, threads=threads)
+        root = save_state(st, state, "init")
+        _checkpoint_ref(st, root)
+    summary = learn_task(state, task, progress=progress, scores_fn=scores_provider(st, state.config), impl=impl)
+    oid = save_state(st, state, f"L{task}")
+    _checkpoint_ref(st, oid)
+    return OpResult(oid, summary)
+
+
+def unlearn(task: int, from_ref: str, store=None, device: str | None = None, data_root: str | None = None,
+            download: bool = False, impl: str = "fast", threads: int | None = None, progress=None,
+            step_hook=None, **options: Any) -> OpResult:
+    """Unlearn ``task`` from checkpoint ``from_ref``; returns the new checkpoint and a summary."""
+    st = open_store(store)
+    impl = C.validate_execution({"impl": impl})["impl"]
+    opts = {k: v for k, v in options.items() if v is not None}
+    unknown = set(opts) - set(C.UNLEARN_DEFAULTS)
+    if unknown:
+        raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    # validate options before any work (and before touching the store)
+    probe = dict(C.UNLEARN_DEFAULTS)
+    probe.update(opts)
+    C.validate_unlearn(probe)
+    state = load_state(st, from_ref, device=device, data_root=data_root, download=download, threads=threads)
+    summary = unlearn_task(state, task, opts, progress=progress, impl=impl, step_hook=step_hook)
+    oid = save_state(st, state, f"U{task}")
+    _checkpoint_ref(st, oid)
+    return OpResult(oid, summary)
+
+
+def load(ref: str, store=None, device: str | None = None, data_root: str | None = None,
+         download: bool = False) -> State:
+    """The State (model, buffers, learned tasks, config) of a checkpoint."""
+    return load_state(open_store(store), ref, device=device, data_root=data_root, download=download)
+
+
+def evaluate(ref: str | State, store=None, device: str | None = None, data_root: str | None = None,
+             download: bool = False) -> dict:
+    """Per-task accuracies and confidences of a checkpoint (or State), as a JSON-able dict:
+    ``{"checkpoint", "op", "dataset", "learned", "forgotten", "tasks": [{"task", "classes",
+    "status", "test_acc", "test_conf", "train_acc", "train_conf"}, ...]}``."""
+    state = ref if isinstance(ref, State) else load(ref, store, device, data_root, download)
+    res = evaluate_state(state)
+    tasks = []
+    for t in range(state.n_tasks):
+        tasks.append({
+            "task": t, "classes": state.classes(t), "status": state.status(t),
+            **{k: (None if np.isnan(res[k][t]) else round(float(res[k][t]), 6)) for k in res},
+        })
+    return {
+        "checkpoint": state.parent_id, "op": state.history[-1] if state.history else "init",
+        "history": state.history, "dataset": state.dataset.name, "seed": state.config["seed"],
+        "learned": state.learned, "forgotten": state.forgotten, "tasks": tasks,
+    }

@@ -1,0 +1,221 @@
+"""``cluctl store``: ls, show, log, tag, verify, gc (and purge)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from typing import Optional
+
+import typer
+
+from ..errors import NotFound, UsageError
+from .common import StoreOpt, err, open_store, print_json
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+def _ckpt_meta(st, oid):
+    from ..store import read_checkpoint_meta
+
+    try:
+        return read_checkpoint_meta(st, oid)
+    except UsageError:
+        return None
+
+
+def _when(path) -> str:
+    try:
+        ts = os.path.getmtime(path)
+    except OSError:
+        return "-"
+    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+@app.command("ls")
+def ls(
+    prefix: str = typer.Argument("", help="Only refs starting with this (e.g. runs/a4-neggem)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    store: Optional[str] = StoreOpt,
+):
+    """List refs and what they point at (op, learned tasks, dataset, seed).
+
+    Example: cluctl store ls tags/
+    """
+    st = open_store(store, must_exist=True)
+    rows = []
+    for name, oid in st.list_refs(prefix).items():
+        row = {"ref": name, "id": oid, "type": None, "op": None, "learned": None, "dataset": None, "seed": None,
+               "written": _when(st.object_path(oid))}
+        if st.is_tombstoned(oid):
+            row["type"] = "purged"
+        else:
+            meta = _ckpt_meta(st, oid)
+            if meta is not None:
+                row.update(type="checkpoint", op=meta.get("op"), learned=meta.get("learned"),
+                           dataset=meta.get("dataset"), seed=meta.get("seed"))
+            else:
+                try:
+                    row["type"] = st.get_json(oid).get("type", "json")
+                except Exception:
+                    row["type"] = "blob"
+        rows.append(row)
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        err.print(f"no refs{' under ' + prefix if prefix else ''} in {st.root}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(box=None)
+    for c in ("ref", "id", "type", "op", "learned", "dataset", "seed", "written"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["ref"], r["id"][:12], r["type"] or "", r["op"] or "",
+                  " ".join(map(str, r["learned"])) if r["learned"] is not None else "",
+                  r["dataset"] or "", "" if r["seed"] is None else str(r["seed"]), r["written"])
+    Console(width=200).print(t)
+
+
+@app.command()
+def show(
+    ref: str = typer.Argument(..., help="Ref, object id or 8+ hex prefix."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full metadata as JSON."),
+    store: Optional[str] = StoreOpt,
+):
+    """Show one object: a checkpoint's metadata and buffers, or a JSON object.
+
+    Example: cluctl store show tags/learned-all
+    """
+    st = open_store(store, must_exist=True)
+    oid = st.resolve(ref)
+    meta = _ckpt_meta(st, oid)
+    if meta is None:
+        try:
+            obj = st.get_json(oid)
+        except Exception:
+            raise UsageError(f"object {oid[:12]} is neither a checkpoint nor JSON") from None
+        if as_json:
+            print_json(obj)
+        else:
+            summary = {k: (f"[{len(v)} items]" if isinstance(v, list) and len(v) > 20 else v) for k, v in obj.items()}
+            print_json(summary)
+        return
+    man = st.get_json(meta["manifest"]) if meta.get("manifest") and not st.is_tombstoned(meta["manifest"]) else None
+    if as_json:
+        print_json({"id": oid, "meta": meta, "manifest": man})
+        return
+    lines = [
+        f"checkpoint  {oid}",
+        f"op          {meta.get('op')}   (history: {' '.join(meta.get('history') or []) or '-'})",
+        f"dataset     {meta.get('dataset')}  fingerprint {str(meta.get('dataset_fingerprint'))[:16]}",
+        f"model       {meta.get('model')} width {meta.get('width')}  seed {meta.get('seed')}  tasks {meta.get('n_tasks')}",
+        f"learned     {' '.join(map(str, meta.get('learned') or [])) or '-'}",
+        f"forgotten   {' '.join(map(str, meta.get('forgotten') or [])) or '-'}",
+        f"parent      {meta.get('parent') or '-'}",
+        f"root        {meta.get('root') or '(this is the root: initial weights)'}",
+        f"manifest    {meta.get('manifest') or '-'}",
+    ]
+    if man:
+        for t, b in man["buffers"].items():
+            lines.append(f"  task {t}: learn {b['learn']['type']} x{len(b['learn']['indices'])}, "
+                         f"unlearn {b['unlearn']['type']} x{len(b['unlearn']['indices'])}")
+    if meta.get("summary"):
+        lines.append("summary     " + ", ".join(f"{k}={v}" for k, v in meta["summary"].items()))
+    cfg = meta.get("config") or {}
+    lines.append("config      " + ", ".join(f"{k}={cfg[k]}" for k in sorted(cfg)))
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+def log(
+    ref: str = typer.Argument(..., help="Checkpoint ref, id or prefix."),
+    store: Optional[str] = StoreOpt,
+):
+    """The lineage of a checkpoint back to the initial weights, newest first.
+
+    Example: cluctl store log tags/unlearned-4
+    """
+    st = open_store(store, must_exist=True)
+    oid = st.resolve(ref)
+    seen = set()
+    while oid:
+        if oid in seen:  # pragma: no cover - content addressing makes cycles impossible
+            break
+        seen.add(oid)
+        if st.is_tombstoned(oid):
+            tomb = st.get_tombstone(oid) or {}
+            typer.echo(f"{oid[:12]}  (purged: {tomb.get('reason', 'no reason recorded')})")
+            break
+        meta = _ckpt_meta(st, oid)
+        if meta is None:
+            raise UsageError(f"object {oid[:12]} is not a checkpoint")
+        s = meta.get("summary") or {}
+        extra = ""
+        if s:
+            extra = f"  {s.get('algo', '')} {s.get('steps', '')} steps"
+            if s.get("final_forget_acc") is not None:
+                extra += f", forget acc {s['final_forget_acc']:.3f}"
+        typer.echo(f"{oid[:12]}  {meta.get('op'):>5}  learned [{' '.join(map(str, meta.get('learned') or []))}]{extra}")
+        oid = meta.get("parent")
+
+
+@app.command()
+def tag(
+    name: str = typer.Argument(..., help="Tag name (letters, digits, . _ -; / for hierarchy)."),
+    ref: str = typer.Argument(..., help="What it points at: ref, id or prefix."),
+    store: Optional[str] = StoreOpt,
+):
+    """Point refs/tags/NAME at an object.
+
+    Example: cluctl store tag learned-all 3f9c2e1b
+    """
+    st = open_store(store, must_exist=True)
+    st.check_ref_name(f"tags/{name}")
+    oid = st.resolve(ref)
+    st.set_ref(f"tags/{name}", oid)
+    typer.echo(oid)
+
+
+@app.command()
+def verify(
+    erased: Optional[int] = typer.Option(None, "--erased", help="Also check that nothing left references task T's samples."),
+    store: Optional[str] = StoreOpt,
+):
+    """Check every object's hash, every ref, every checkpoint's parent and manifest; remove
+    temp files of dead writers. Exit 1 if anything is wrong.
+
+    Example: cluctl store verify
+    """
+    st = open_store(store, must_exist=True)
+    res = st.verify(erased_task=erased)
+    for line in res.info:
+        err.print(line, markup=False)
+    for p in res:
+        typer.echo(f"{p.kind}: {p}")
+    if res:
+        err.print(f"{len(res)} problem(s) found in {st.root}", markup=False)
+        raise typer.Exit(1)
+    err.print(f"store {st.root} is consistent", markup=False)
+
+
+@app.command()
+def gc(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
+    grace: float = typer.Option(3600, "--grace", help="Spare unreachable objects younger than this many seconds."),
+    store: Optional[str] = StoreOpt,
+):
+    """Remove objects no ref reaches (sparing recent ones) and dead writers' temp files.
+
+    Example: cluctl store gc --dry-run
+    """
+    if grace < 0:
+        raise UsageError(f"--grace must be >= 0, got {grace}")
+    st = open_store(store, must_exist=True)
+    rep = st.gc(dry_run=dry_run, grace_s=grace)
+    for oid in rep.removed:
+        typer.echo(oid)
+    verb = "would free" if dry_run else "freed"
+    err.print(f"{len(rep.removed)} unreachable object(s), {verb} {rep.bytes_freed / 1e6:.2f} MB; "
+              f"{rep.spared_recent} recent unreachable object(s) spared", markup=False)

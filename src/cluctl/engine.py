@@ -1,0 +1,570 @@
+"""The State of a continual learner and the two operations on it: learn and unlearn.
+
+A :class:`State` holds the model, the learned/forgotten tasks, the replay buffers (as
+dataset indices), the operation history and the resolved config. ``learn_task`` and
+``unlearn_task`` change it in place and return a summary; ``evaluate_state`` measures it.
+``save_state`` / ``load_state`` move it in and out of a :class:`~cluctl.store.Store`.
+
+Randomness: everything random in an operation draws from a generator seeded by (run
+seed, operation index) (:func:`op_generator`), so an operation replays identically.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import config as C
+from . import faults
+from .buffers.selection import buffer_size, select_random, select_ranked
+from .data import Dataset, class_order, load_dataset, task_classes, task_indices
+from .errors import CluctlError, NotFound, UsageError
+from .grads import TaskBatch, apply_update, batch_grad, masked_ce, param_list, reference_mode
+from .learning import RefContext
+from .learning import get as get_learn_algo
+from .models import build_model
+from .unlearning import get as get_unlearn_algo
+from .unlearning import random_labels, salun_mask
+
+FORMAT = 1
+ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
+
+
+@dataclass
+class State:
+    config: dict[str, Any]
+    dataset: Dataset
+    model: torch.nn.Module
+    device: torch.device
+    class_order: list[int]
+    n_tasks: int
+    learned: list[int] = field(default_factory=list)
+    forgotten: list[int] = field(default_factory=list)
+    buffers: dict[int, dict] = field(default_factory=dict)
+    history: list[str] = field(default_factory=list)
+    root_id: str | None = None
+    parent_id: str | None = None
+    scores_id: str | None = None
+    initial_weights: Callable[[], dict[str, torch.Tensor]] | None = None
+    last_op: dict[str, Any] = field(default_factory=dict)
+    execution: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return self.dataset.num_classes // self.n_tasks
+
+    def classes(self, task: int) -> list[int]:
+        return task_classes(self.class_order, self.n_tasks, task)
+
+    def status(self, task: int) -> str:
+        if task in self.learned:
+            return "learned"
+        if task in self.forgotten:
+            return "forgotten"
+        return "unseen"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def op_generator(seed: int, op_index: int) -> torch.Generator:
+    """A CPU generator seeded by (run seed, operation index)."""
+    s = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(op_index), 0xC1]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(s[0]) << 32 | int(s[1]))
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"unknown device '{name}'", "use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device '{name}' requested but no CUDA GPU is visible", "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"device '{name}' requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible",
+                "use --device cpu or a visible GPU",
+            )
+    elif dev.type != "cpu":
+        raise UsageError(f"unsupported device '{name}'", "use cpu, cuda or cuda:N")
+    return dev
+
+
+_DEVICE_DATA: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def device_data(ds: Dataset, device: torch.device):
+    """The dataset's tensors on ``device``, moved once per process."""
+    key = (id(ds), str(device))
+    if key not in _DEVICE_DATA:
+        _DEVICE_DATA[key] = tuple(t.to(device) for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))  # type: ignore
+    return _DEVICE_DATA[key]
+
+
+def _lookup(ds_classes: int, classes: list[int], device) -> torch.Tensor:
+    lut = torch.full((ds_classes,), -1, dtype=torch.long)
+    lut[torch.tensor(classes)] = torch.arange(len(classes))
+    return lut.to(device)
+
+
+def _task_batch(state: State, task: int, indices) -> TaskBatch:
+    x_tr, y_tr, _, _ = device_data(state.dataset, state.device)
+    idx = torch.as_tensor(indices, dtype=torch.long).to(state.device)
+    cls = state.classes(task)
+    lut = _lookup(state.dataset.num_classes, cls, state.device)
+    return TaskBatch(x_tr[idx], lut[y_tr[idx]], torch.tensor(cls, device=state.device))
+
+
+def check_task(state: State, task: int) -> int:
+    try:
+        t = int(task)
+    except (TypeError, ValueError):
+        raise UsageError(f"task '{task}' is not an integer") from None
+    if t != task or t < 0 or t >= state.n_tasks:
+        raise UsageError(
+            f"task {task} is out of range: {state.dataset.name} has {state.n_tasks} tasks (0..{state.n_tasks - 1})"
+        )
+    return t
+
+
+# ---------------------------------------------------------------- creation
+
+
+def run_config(dataset: str = "digits", tasks: int | None = None, model: str = "resnet18",
+               width: int | None = None, seed: int = 0, **rest) -> dict:
+    cfg = dict(C.LEARN_DEFAULTS)
+    cfg.update(C.UNLEARN_DEFAULTS)
+    cfg.update(dataset=dataset, tasks=tasks, model=model, width=width, seed=seed)
+    cfg.update({k: v for k, v in rest.items() if v is not None})
+    return cfg
+
+
+def new_state(cfg: dict, device: str | None = None, data_root: str | None = None,
+              download: bool = False, threads: int | None = None) -> State:
+    """A fresh learner: the dataset's class order drawn from the seed, initial weights from
+    ``torch.manual_seed(seed)``."""
+    cfg = dict(cfg)
+    try:
+        seed = int(cfg["seed"])
+    except (TypeError, ValueError):
+        raise UsageError(f"--seed must be an integer, got '{cfg['seed']}'") from None
+    if seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {seed}")
+    cfg["seed"] = seed
+    if threads:
+        torch.set_num_threads(int(threads))
+    ds = load_dataset(cfg["dataset"], data_root=data_root, download=download)
+    n_tasks = int(cfg.get("tasks") or ds.default_tasks)
+    if n_tasks <= 0 or ds.num_classes % n_tasks:
+        raise UsageError(
+            f"--tasks {n_tasks} does not divide {ds.name}'s {ds.num_classes} classes",
+            "choose a divisor of the number of classes",
+        )
+    cfg["tasks"] = n_tasks
+    cfg["dataset"] = ds.name
+    cfg = C.validate_learn(cfg)
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    model = build_model(cfg["model"], cfg.get("width"), ds.input_shape, ds.num_classes)
+    if cfg.get("width") is None:
+        cfg["width"] = getattr(model, "width", None)
+    model.to(dev)
+    init = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+    state = State(
+        config=cfg, dataset=ds, model=model, device=dev,
+        class_order=class_order(ds.num_classes, seed), n_tasks=n_tasks,
+        initial_weights=lambda: init,
+    )
+    state.execution = {"device": str(dev), "threads": torch.get_num_threads()}
+    return state
+
+
+# ---------------------------------------------------------------- learning
+
+ScoresFn = Callable[["State"], tuple[np.ndarray, str | None]]
+
+
+def learn_task(state: State, task: int, progress: ProgressFn | None = None,
+               scores_fn: ScoresFn | None = None, impl: str = "fast") -> dict:
+    """Learn ``task`` with the configured algorithm (SPEC §2), then fill its buffers (§5)."""
+    task = check_task(state, task)
+    cfg = state.config
+    algo = get_learn_algo(cfg["learn_algo"])
+    t0 = time.perf_counter()
+    gen = op_generator(cfg["seed"], len(state.history))
+    model = state.model
+    params = param_list(model)
+    x_tr, y_tr, _, _ = device_data(state.dataset, state.device)
+    cls = state.classes(task)
+    idx = task_indices(state.dataset.y_train, cls)
+    n = len(idx)
+    if n < 2:
+        raise UsageError(f"task {task} has {n} training sample(s); at least 2 are needed")
+    lut = _lookup(state.dataset.num_classes, cls, state.device)
+    cls_t = torch.tensor(cls, device=state.device)
+    X = x_tr[idx.to(state.device)]
+    Y = lut[y_tr[idx.to(state.device)]]
+    retained = [j for j in state.learned if j != task]
+    ref_batches = [_task_batch(state, j, state.buffers[j]["learn"]["indices"]) for j in retained] if algo.uses_refs else []
+    bs, epochs, lr = cfg["batch_size"], cfg["epochs"], cfg["lr"]
+    steps_per_epoch = sum(1 for s in range(0, n, bs) if min(bs, n - s) >= 2)
+    total = steps_per_epoch * epochs
+    steps = projections = fallbacks = 0
+    first_seen = None
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        if first_seen is None:
+            first_seen = perm
+        perm_d = perm.to(state.device)
+        for s in range(0, n, bs):
+            b = perm_d[s : s + bs]
+            if len(b) < 2:  # BatchNorm cannot normalise a single sample
+                continue
+            g, _loss = batch_grad(model, lambda m: masked_ce(m(X[b]), Y[b], cls_t))
+            refs = RefContext(model, ref_batches, impl, gen)
+            x, info = algo.direction(g, refs, cfg)
+            if info is not None:
+                projections += int(info.projected)
+                fallbacks += int(info.fallback)
+            apply_update(params, x, lr)
+            steps += 1
+            faults.point("train-step")
+            if progress:
+                progress(steps, total, f"L{task} epoch {epoch + 1}/{epochs}")
+    # buffers
+    m = buffer_size(cfg["memories"], n)
+    scores = None
+    scores_id = None
+    if cfg["learn_buffer_type"] in ("most", "least") or cfg["unlearn_buffer_type"] in ("most", "least"):
+        if scores_fn is None:
+            raise UsageError("ranked buffer types need memorization scores", "pass --mem-scores REF")
+        all_scores, scores_id = scores_fn(state)
+        scores = np.asarray(all_scores)[idx.numpy()]
+    lt = cfg["learn_buffer_type"]
+    if lt == "first":
+        learn_idx = idx[first_seen[:m]]
+    elif lt == "random":
+        learn_idx = select_random(idx, m, gen)
+    else:
+        learn_idx = select_ranked(idx, scores, m, cfg["learn_buffer_split"], lt, gen)
+    ut = cfg["unlearn_buffer_type"]
+    if ut == "same":
+        unlearn_idx = learn_idx
+    elif ut == "random":
+        unlearn_idx = select_random(idx, m, gen)
+    else:
+        unlearn_idx = select_ranked(idx, scores, m, cfg["unlearn_buffer_split"], ut, gen)
+    state.buffers[task] = {
+        "learn": {"type": lt, "split": cfg["learn_buffer_split"] if lt in ("most", "least") else None,
+                  "scores": scores_id if lt in ("most", "least") else None,
+                  "indices": [int(i) for i in learn_idx]},
+        "unlearn": {"type": ut, "split": cfg["unlearn_buffer_split"] if ut in ("most", "least") else None,
+                    "scores": scores_id if ut in ("most", "least") else None,
+                    "indices": [int(i) for i in unlearn_idx]},
+    }
+    if scores_id:
+        state.scores_id = scores_id
+    if task in state.forgotten:
+        state.forgotten.remove(task)
+    if task not in state.learned:
+        state.learned.append(task)
+    state.history.append(f"L{task}")
+    summary = {"op": f"L{task}", "algo": cfg["learn_algo"], "steps": steps, "projections": projections,
+               "qp_fallbacks": fallbacks, "samples": n, "buffer_size": m,
+               "wall_s": round(time.perf_counter() - t0, 4)}
+    state.last_op = summary
+    return summary
+
+
+# ---------------------------------------------------------------- unlearning
+
+
+@torch.no_grad()
+def _accuracy(state: State, batch: TaskBatch) -> float:
+    model = state.model
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        logits = model(batch.x)
+        pred = torch.gather(logits, 1, batch.classes.reshape(1, -1).expand(len(batch.y), -1)).argmax(1)
+        acc = (pred == batch.y).float().mean().item()
+    model.train(was)
+    return acc
+
+
+def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: ProgressFn | None = None,
+                 impl: str = "fast", step_hook: Callable | None = None) -> dict:
+    """Forget ``task`` (SPEC §3). ``ucfg`` overrides the unlearning options of the state's
+    config. ``step_hook(dict)`` (tests) sees g_f, G, the applied update and the mask."""
+    task = check_task(state, task)
+    if task not in state.learned:
+        where = "was already unlearned" if task in state.forgotten else "was never learned"
+        raise UsageError(f"task {task} is not learned ({where})",
+                         f"learned tasks: {', '.join(map(str, state.learned)) or 'none'}")
+    cfg = dict(state.config)
+    cfg.update({k: v for k, v in (ucfg or {}).items() if v is not None})
+    cfg = C.validate_unlearn(cfg, classes_per_task=state.k)
+    state.config.update({k: cfg[k] for k in C.UNLEARN_DEFAULTS})
+    algo = get_unlearn_algo(cfg["algo"])
+    t0 = time.perf_counter()
+    gen = op_generator(cfg["seed"], len(state.history))
+    retained = [j for j in state.learned if j != task]
+    steps = projections = fallbacks = 0
+    final_acc = None
+    stopped = "reset"
+    if not retained:
+        # Unlearning the only learned task: retrain on nothing = the initial weights.
+        if state.initial_weights is None:
+            raise NotFound("the run's initial weights are not available to reset to")
+        state.model.load_state_dict(state.initial_weights())
+    else:
+        model = state.model
+        params = param_list(model)
+        buf = state.buffers[task]
+        u_idx = torch.tensor(buf["unlearn"]["indices"], dtype=torch.long)
+        l_idx = torch.tensor(buf["learn"]["indices"], dtype=torch.long)
+        union = torch.unique(torch.cat([u_idx, l_idx]))
+        check_batch = _task_batch(state, task, union)
+        u_batch = _task_batch(state, task, u_idx)
+        l_batch = _task_batch(state, task, l_idx)
+        ref_batches = [_task_batch(state, j, state.buffers[j]["learn"]["indices"]) for j in retained]
+        b = cfg["unlearn_batch_size"]
+        s = cfg["forget_loss_scale"]
+        k = state.k
+        max_steps = cfg["max_epochs"] * math.ceil(len(u_idx) / b)
+        mask = None
+        if cfg.get("salun_strength"):
+            g_sal, _ = batch_grad(model, lambda m_: masked_ce(m_(u_batch.x), u_batch.y, u_batch.classes),
+                                  update_bn=False)
+            mask = salun_mask(g_sal.abs(), cfg["salun_strength"])
+        pu = pl = 0
+        stopped = "max-epochs"
+        while True:
+            final_acc = _accuracy(state, check_batch)
+            if final_acc <= cfg["stop_acc"]:
+                stopped = "stop-acc"
+                break
+            if steps >= max_steps:
+                break
+            iu = torch.arange(pu, pu + b) % len(u_idx)
+            il = torch.arange(pl, pl + b) % len(l_idx)
+            pu, pl = (pu + b) % len(u_idx), (pl + b) % len(l_idx)
+            iu, il = iu.to(state.device), il.to(state.device)
+            fx = torch.cat([u_batch.x[iu], l_batch.x[il]])
+            fy = torch.cat([u_batch.y[iu], l_batch.y[il]])
+            if algo.forget == "rl":
+                fy = random_labels(fy, k, gen)
+                loss_fn = lambda m_: s * masked_ce(m_(fx), fy, u_batch.classes)  # noqa: E731
+            else:
+                loss_fn = lambda m_: -(s * masked_ce(m_(fx), fy, u_batch.classes))  # noqa: E731
+            g_f, _ = batch_grad(model, loss_fn)
+            if mask is not None and cfg["salun_on"] == "gradient":
+                g_f = g_f * mask
+            refs = RefContext(model, ref_batches, impl, gen)
+            x, info = algo.combine(g_f, refs, cfg)
+            if mask is not None and cfg["salun_on"] == "update":
+                x = x * mask
+            if info is not None:
+                projections += int(info.projected)
+                fallbacks += int(info.fallback)
+            if step_hook is not None:
+                step_hook({"g_f": g_f, "G": refs.G if refs.batches else None, "x": x, "info": info,
+                           "mask": mask, "forget_y": fy, "params_before": [p.detach().clone() for p in params]
+                           if cfg["salun_on"] == "update" else None, "cfg": cfg})
+            apply_update(params, x, cfg["unlearning_rate"])
+            steps += 1
+            faults.point("train-step")
+            if progress:
+                progress(steps, max_steps, f"U{task} forget acc {final_acc:.3f}")
+    state.learned.remove(task)
+    if task not in state.forgotten:
+        state.forgotten.append(task)
+    state.buffers.pop(task, None)
+    state.history.append(f"U{task}")
+    summary = {"op": f"U{task}", "algo": cfg["algo"], "steps": steps, "projections": projections,
+               "qp_fallbacks": fallbacks, "final_forget_acc": final_acc, "stop_acc": cfg["stop_acc"],
+               "stopped": stopped, "wall_s": round(time.perf_counter() - t0, 4)}
+    state.last_op = summary
+    return summary
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def _logits(model, x: torch.Tensor, batch: int = 2048) -> torch.Tensor:
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(x), batch):
+            out.append(model(x[s : s + batch]))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def evaluate_state(state: State) -> dict[str, np.ndarray]:
+    """Per task: test/train accuracy and confidence (max softmax over the task's k logits)
+    in eval mode. Returns arrays of length n_tasks under test_acc, test_conf, train_acc,
+    train_conf."""
+    model = state.model
+    was = model.training
+    model.eval()
+    x_tr, y_tr, x_te, y_te = device_data(state.dataset, state.device)
+    res = {key: np.zeros(state.n_tasks) for key in ("test_acc", "test_conf", "train_acc", "train_conf")}
+    for split, x, y in (("test", x_te, y_te), ("train", x_tr, y_tr)):
+        logits = _logits(model, x).float()
+        for t in range(state.n_tasks):
+            cls = state.classes(t)
+            sel = task_indices(state.dataset.y_train if split == "train" else state.dataset.y_test, cls).to(state.device)
+            if len(sel) == 0:
+                res[f"{split}_acc"][t] = float("nan")
+                res[f"{split}_conf"][t] = float("nan")
+                continue
+            lut = _lookup(state.dataset.num_classes, cls, state.device)
+            lg = logits[sel][:, torch.tensor(cls, device=state.device)]
+            prob = torch.softmax(lg, 1)
+            conf, pred = prob.max(1)
+            res[f"{split}_acc"][t] = (pred == lut[y[sel]]).float().mean().item()
+            res[f"{split}_conf"][t] = conf.mean().item()
+    model.train(was)
+    return res
+
+
+def per_sample_losses(state: State, indices, task: int, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Masked cross-entropy and true-label confidence per sample (eval mode), for MIA."""
+    x_tr, y_tr, x_te, y_te = device_data(state.dataset, state.device)
+    x, y = (x_tr, y_tr) if split == "train" else (x_te, y_te)
+    idx = torch.as_tensor(indices, dtype=torch.long).to(state.device)
+    cls = state.classes(task)
+    lut = _lookup(state.dataset.num_classes, cls, state.device)
+    was = state.model.training
+    state.model.eval()
+    lg = _logits(state.model, x[idx]).float()[:, torch.tensor(cls, device=state.device)]
+    state.model.train(was)
+    yt = lut[y[idx]]
+    loss = torch.nn.functional.cross_entropy(lg, yt, reduction="none")
+    conf = torch.softmax(lg, 1).gather(1, yt.reshape(-1, 1)).squeeze(1)
+    return loss.cpu().numpy(), conf.cpu().numpy()
+
+
+# ---------------------------------------------------------------- store round trip
+
+
+def _meta(state: State, op: str) -> dict:
+    return {
+        "type": "checkpoint",
+        "format": FORMAT,
+        "op": op,
+        "op_index": len(state.history) - 1 if op != "init" else None,
+        "history": list(state.history),
+        "parent": state.parent_id,
+        "root": state.root_id,
+        "learned": list(state.learned),
+        "forgotten": list(state.forgotten),
+        "seed": state.config["seed"],
+        "class_order": list(state.class_order),
+        "n_tasks": state.n_tasks,
+        "dataset": state.dataset.name,
+        "dataset_fingerprint": state.dataset.fingerprint,
+        "model": state.config["model"],
+        "width": state.config.get("width"),
+        "config": state.config,
+        "scores": state.scores_id,
+        "optimizer": {"type": "sgd", "lr": state.config["lr"], "unlearning_rate": state.config.get("unlearning_rate"),
+                      "momentum": 0.0, "weight_decay": 0.0, "state": {}},
+        "summary": state.last_op,
+    }
+
+
+def save_state(store, state: State, op: str) -> str:
+    """Write the manifest and the checkpoint; returns the checkpoint id."""
+    from .store import save_checkpoint
+
+    manifest = {
+        "type": "manifest",
+        "dataset": state.dataset.name,
+        "dataset_fingerprint": state.dataset.fingerprint,
+        "buffers": {str(t): state.buffers[t] for t in sorted(state.buffers)},
+        "scores": state.scores_id,
+    }
+    meta = _meta(state, op)
+    meta["manifest"] = store.put_json(manifest) if state.buffers else None
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in state.model.state_dict().items()}
+    oid = save_checkpoint(store, tensors, meta)
+    if state.root_id is None:
+        state.root_id = oid
+    state.parent_id = oid
+    return oid
+
+
+def load_state(store, ref: str, overrides: dict | None = None, device: str | None = None,
+               data_root: str | None = None, download: bool = False, threads: int | None = None) -> State:
+    """Rebuild a State from a checkpoint; ``overrides`` change learning/unlearning options
+    (not the dataset, model, width, seed or number of tasks)."""
+    from .store import load_checkpoint
+
+    oid = store.resolve(ref)
+    tensors, meta = load_checkpoint(store, oid)
+    if meta.get("type") != "checkpoint" or meta.get("format") != FORMAT:
+        raise UsageError(f"object {oid[:12]} is not a cluctl checkpoint (format {FORMAT})")
+    cfg = dict(meta["config"])
+    for key, val in (overrides or {}).items():
+        if val is None:
+            continue
+        if key in ("dataset", "model", "width", "seed", "tasks") and val != cfg.get(key):
+            raise UsageError(
+                f"cannot change --{key} when continuing from checkpoint {oid[:12]} (it has {key}={cfg.get(key)})",
+                "start a fresh run without --from",
+            )
+        cfg[key] = val
+    if threads:
+        torch.set_num_threads(int(threads))
+    ds = load_dataset(cfg["dataset"], data_root=data_root, download=download)
+    if ds.fingerprint != meta["dataset_fingerprint"]:
+        raise UsageError(
+            f"checkpoint {oid[:12]} was trained on a different copy of {cfg['dataset']} "
+            f"(fingerprint {meta['dataset_fingerprint'][:12]}, loaded data {ds.fingerprint[:12]})",
+            "point --data-root at the data it was trained on",
+        )
+    cfg = C.validate_learn(cfg)
+    dev = resolve_device(device)
+    model = build_model(cfg["model"], cfg.get("width"), ds.input_shape, ds.num_classes)
+    sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UsageError(f"checkpoint {oid[:12]} does not fit model {cfg['model']} width {cfg.get('width')}: {first}") from None
+    model.to(dev)
+    buffers: dict[int, dict] = {}
+    if meta.get("manifest"):
+        man = store.get_json(meta["manifest"])
+        buffers = {int(t): b for t, b in man["buffers"].items()}
+    root = meta.get("root") or oid
+
+    def initial():
+        if root == oid and meta["op"] == "init":
+            return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        rt, _ = load_checkpoint(store, root)
+        return {k[len("model."):]: v for k, v in rt.items() if k.startswith("model.")}
+
+    state = State(
+        config=cfg, dataset=ds, model=model, device=dev, class_order=list(meta["class_order"]),
+        n_tasks=int(meta["n_tasks"]), learned=list(meta["learned"]), forgotten=list(meta["forgotten"]),
+        buffers=buffers, history=list(meta["history"]), root_id=root, parent_id=oid,
+        scores_id=meta.get("scores"), initial_weights=initial,
+    )
+    state.execution = {"device": str(dev), "threads": torch.get_num_threads()}
+    return state
+
+
+__all__ = [
+    "State", "new_state", "learn_task", "unlearn_task", "evaluate_state", "save_state", "load_state",
+    "op_generator", "run_config", "CluctlError", "per_sample_losses",
+]

@@ -1,0 +1,17 @@
+"""``agem``: reference g_ref = mean_j g_j (the thesis variant), or with ``--agem-sample M``
+the gradient of one random batch of M samples pooled from all retained learn buffers (the
+A-GEM paper); if <g, g_ref> < 0, g <- g - (<g, g_ref>/<g_ref, g_ref>) g_ref."""
+
+from ..projection import agem_project
+from .base import LearnAlgorithm, register
+
+
+def direction(g, refs, cfg):
+    if not refs.batches:
+        return g, None
+    m = cfg.get("agem_sample")
+    g_ref = refs.pooled_grad(m) if m else refs.G.mean(0)
+    return agem_project(g, g_ref)
+
+
+register(LearnAlgorithm("agem", direction))
