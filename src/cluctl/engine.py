@@ -478,7 +478,8 @@ def _meta(state: State, op: str) -> dict:
         "scores": state.scores_id,
         "optimizer": {"type": "sgd", "lr": state.config["lr"], "unlearning_rate": state.config.get("unlearning_rate"),
                       "momentum": 0.0, "weight_decay": 0.0, "state": {}},
-        "summary": state.last_op,
+        # wall time stays out so that the same operation gives the same checkpoint id
+        "summary": {k: v for k, v in state.last_op.items() if k != "wall_s"},
     }
 
 

@@ -1,0 +1,105 @@
+"""Colours, labels and axis helpers shared by every figure."""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+
+from matplotlib import colors as mcolors
+
+__all__ = ["ALGO_ORDER", "algo_color", "run_styles", "run_labels", "op_ticks", "STATUS_COLORS"]
+
+#: the unlearning algorithms in palette order: algo i gets tab10 colour i, in every figure
+ALGO_ORDER = ["neggem", "negagem", "rl-gem", "rl-agem", "alt-neggem", "neggrad"]
+_TAB10 = [mcolors.to_hex(c) for c in mcolors.TABLEAU_COLORS.values()]  # tab10, in order
+# other algorithms: the rest of tab10 but grey (the chance line's), then two dark extras
+_SPARE = [c for c in _TAB10[len(ALGO_ORDER):] if c != "#7f7f7f"] + ["#393b79", "#637939"]
+
+#: background of a task's subplot by its status at each row
+STATUS_COLORS = {"learned": "#dff0d8", "forgotten": "#f8dcd8", "mixed": "#ececec"}
+LEARN_LINE = "#2e7d32"
+UNLEARN_LINE = "#c62828"
+CHANCE_COLOR = "#555555"
+
+_LINESTYLES = ["-", "--", "-.", ":"]
+
+
+def algo_color(algo: str) -> str:
+    """Fixed colour of an algorithm (case-insensitive): tab10 in :data:`ALGO_ORDER`;
+    other names get one of the spare colours, chosen by a stable hash of the name."""
+    name = str(algo).strip().lower().replace("_", "-")
+    name = {"neggrad+": "neggrad", "neggradplus": "neggrad"}.get(name, name)
+    if name in ALGO_ORDER:
+        return _TAB10[ALGO_ORDER.index(name)]
+    return _SPARE[zlib.crc32(name.encode()) % len(_SPARE)]
+
+
+def _mix(color: str, other: str, amount: float) -> str:
+    a = mcolors.to_rgb(color)
+    b = mcolors.to_rgb(other)
+    return mcolors.to_hex(tuple((1 - amount) * x + amount * y for x, y in zip(a, b)))
+
+
+def run_styles(algos: list[str]) -> list[dict]:
+    """One ``{"color", "linestyle"}`` per run: the algorithm's colour for its first
+    run; later runs of the same algorithm get a darker/lighter shade and another
+    line style."""
+    seen: dict[str, int] = {}
+    out = []
+    for algo in algos:
+        base = algo_color(algo)
+        j = seen.get(algo.lower(), 0)
+        seen[algo.lower()] = j + 1
+        if j == 0:
+            color = base
+        else:
+            step = (j + 1) // 2
+            color = _mix(base, "black" if j % 2 else "white", min(0.6, 0.3 * step))
+        out.append({"color": color, "linestyle": _LINESTYLES[j % len(_LINESTYLES)]})
+    return out
+
+
+_HASHED = re.compile(r"^(.*-)([0-9a-f]{8,})$")
+
+
+def run_labels(runs: list[tuple[str, str, str]]) -> list[str]:
+    """Legend labels ``"algo (run-with-short-hash)"`` for (algo, run, path) triples,
+    e.g. ``neggem (a4-neggem-3f9c)``; falls back to longer names when short ones
+    would collide."""
+
+    def short(run: str) -> str:
+        m = _HASHED.match(run)
+        return m.group(1) + m.group(2)[:4] if m else run
+
+    labels = [f"{a} ({short(r)})" for a, r, _ in runs]
+    if len(set(labels)) < len(labels):
+        labels = [f"{a} ({r})" for a, r, _ in runs]
+    if len(set(labels)) < len(labels):
+        labels = [f"{a} ({r}, {p})" for a, r, p in runs]
+    return labels
+
+
+def op_ticks(ax, labels: list[str], width_in: float, show_labels: bool = True, fontsize: float = 8) -> None:
+    """Operation labels on the x axis of ``ax`` (``width_in`` inches wide): all of
+    them horizontally when they fit, else rotated and thinned to every n-th op
+    (minor ticks keep marking every op)."""
+    n = len(labels)
+    longest = max((len(s) for s in labels), default=2)
+    per_inch_flat = 72.0 / (fontsize * 0.62 * (longest + 1.5))  # labels per inch, horizontal
+    if n <= max(1, int(width_in * per_inch_flat)):
+        step, rotation = 1, 0
+    else:
+        per_inch_rot = 72.0 / (fontsize * 1.9)  # rotated: one line height plus a gap
+        step = max(1, math.ceil(n / max(1.0, width_in * per_inch_rot)))
+        rotation = 90
+    ticks = list(range(0, n, step))
+    ax.set_xticks(ticks)
+    ax.set_xticks(range(n), minor=True)
+    ax.set_xlim(-0.5, n - 0.5)
+    if show_labels:
+        ax.set_xticklabels([labels[i] for i in ticks], rotation=rotation, fontsize=fontsize,
+                           ha="center", va="top")
+    else:
+        ax.tick_params(axis="x", labelbottom=False)
+    ax.tick_params(axis="x", which="minor", length=2)

@@ -1,0 +1,52 @@
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# Deterministic, quiet, single-threaded by default: the suite runs on 2 cores.
+torch.set_num_threads(1)
+os.environ.setdefault("CLUCTL_DEBUG", "0")
+
+CLUCTL = [sys.executable, "-m", "cluctl.cli.main"]
+
+# A tiny profile for end-to-end runs (DESIGN.md, "Tests").
+TINY = {"dataset": "digits", "model": "mlp", "width": 32, "epochs": 1, "memories": 32,
+        "learn_buffer_type": "first", "unlearn_buffer_type": "same"}
+TINY_FLAGS = ["--dataset", "digits", "--model", "mlp", "--width", "32", "--epochs", "1", "--memories", "32",
+              "--learn-buffer-type", "first", "--unlearn-buffer-type", "same"]
+
+
+def run_cli(args, store=None, env=None, check=None, timeout=600):
+    e = dict(os.environ)
+    e.pop("CLUCTL_FAULT", None)
+    e.setdefault("OMP_NUM_THREADS", "1")
+    if store is not None:
+        e["CLUCTL_STORE"] = str(store)
+    e.update(env or {})
+    p = subprocess.run(CLUCTL + [str(a) for a in args], capture_output=True, text=True, env=e, timeout=timeout)
+    if check is not None:
+        assert p.returncode == check, f"rc={p.returncode}\nstdout={p.stdout}\nstderr={p.stderr}"
+    return p
+
+
+def tree_hash(root) -> str:
+    """Hash of every file's path, mode and bytes under root (byte-identical store check)."""
+    h = hashlib.sha256()
+    root = Path(root)
+    if not root.exists():
+        return "absent"
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        h.update(rel.encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def store_dir(tmp_path):
+    return tmp_path / "store"

@@ -1,0 +1,352 @@
+"""`cluctl plot` and cluctl.plots on synthetic launch results folders.
+
+The helper writes the exact layout `cluctl launch` writes (summary.json, seed-*/,
+mean/, std/, metrics.csv, optional mia.csv) with plausible numbers; metrics.csv and
+the summary's metrics come from the real metric functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+from matplotlib import image as mpimg
+from typer.testing import CliRunner
+
+from cluctl.errors import UsageError
+from cluctl.metrics.core import final_metrics, per_op_table, task_status
+from cluctl.plots import FIGURES, algo_color, load_results, standard_figures
+from cluctl.plots.style import run_labels, run_styles
+
+A4_5 = ["L0", "L1", "L2", "L3", "L4", "U4", "U3", "U2", "U1"]
+TABLES = ("test_acc", "test_conf", "train_acc", "train_conf")
+GRID_PX = (7 * 120, 12 * 120)  # (height, width) of a 5-task grid at the default dpi
+
+
+def write_results(root: Path, run: str, algo: str, seeds=(0, 1, 2), ops=A4_5, dataset="digits",
+                  n_tasks=5, k=2, mia=False, sequence="A4", seed_ops=None) -> Path:
+    """A launch results folder with plausible numbers; returns its path."""
+    d = root / run
+    chance = 1.0 / k
+    per_seed = {}
+    entries = []
+    metrics_frames = []
+    for s in seeds:
+        ops_s = list(seed_ops[s]) if seed_ops else list(ops)
+        rng = np.random.default_rng(1000 * s + sum(map(ord, algo)))
+        status = task_status(ops_s, n_tasks)
+        mats = {}
+        for name in TABLES:
+            train = name.startswith("train")
+            m = np.zeros((len(ops_s), n_tasks))
+            for i, row in enumerate(status):
+                for t, st in enumerate(row):
+                    if st == "learned":
+                        base = (0.99 if train else 0.95) - 0.015 * (i - ops_s.index(f"L{t}"))
+                    elif st == "forgotten":
+                        base = chance + 0.06
+                    else:
+                        base = chance
+                    if name.endswith("conf"):
+                        base = 0.55 + 0.4 * (base - chance) / (1 - chance)
+                    m[i, t] = np.clip(base + rng.normal(0, 0.02), 0, 1)
+            mats[name] = m
+            sd = d / f"seed-{s}"
+            sd.mkdir(parents=True, exist_ok=True)
+            _write_table(sd / f"{name}.csv", ops_s, m)
+        per_seed[s] = mats
+        fm = final_metrics(ops_s, mats["test_acc"], mats["train_acc"], k)
+        fm.update(seed=s, ops=ops_s, wall_s=40.0 + s, op_wall_s=[4.0] * len(ops_s))
+        entries.append(fm)
+        t = per_op_table(ops_s, mats["test_acc"], mats["train_acc"], k)
+        t.insert(0, "row", range(len(ops_s)))
+        t.insert(0, "seed", s)
+        metrics_frames.append(t)
+    for agg, fn in (("mean", np.mean), ("std", np.std)):
+        for name in TABLES:
+            (d / agg).mkdir(exist_ok=True)
+            _write_table(d / agg / f"{name}.csv", ops, fn([per_seed[s][name] for s in seeds], axis=0))
+    pd.concat(metrics_frames).to_csv(d / "metrics.csv", index=False, na_rep="")
+    keys = ["acc", "bwt", "final_forget_acc", "final_retain_acc", "final_tow", "final_clu_mix", "wall_s"]
+
+    def agg(fn, key):
+        vals = [e[key] for e in entries if e[key] is not None]
+        return float(fn(vals)) if vals else None
+
+    summary = {
+        "run": run, "sequence": sequence, "ops": list(ops), "algo": algo, "learn_algo": "gem", "dataset": dataset,
+        "n_tasks": n_tasks, "k": k, "config": {"dataset": dataset, "algo": algo},
+        "provenance": {"cluctl": "0.1.0", "device": "cpu", "threads": 1}, "seeds": entries,
+        "mean": {key: agg(np.mean, key) for key in keys}, "std": {key: agg(np.std, key) for key in keys},
+    }
+    (d / "summary.json").write_text(json.dumps(summary, indent=1))
+    if mia:
+        rows = []
+        for s in seeds:
+            rng = np.random.default_rng(7 + s)
+            for i, row in enumerate(task_status(list(ops), n_tasks)):
+                for t, st in enumerate(row):
+                    if st == "unseen":
+                        continue
+                    auc = (0.62 if st == "learned" else 0.51) + rng.normal(0, 0.015)
+                    rows.append(dict(seed=s, row=i, op=ops[i], task=t, status=st, attack="loss", members="train",
+                                     acc=auc - 0.05, auc=auc, cv_acc=auc - 0.04, efficacy=""))
+                    if st == "forgotten":
+                        rows.append(dict(seed=s, row=i, op=ops[i], task=t, status=st, attack="efficacy",
+                                         members="train", acc="", auc="", cv_acc="", efficacy=0.7))
+        pd.DataFrame(rows).to_csv(d / "mia.csv", index=False)
+    return d
+
+
+def _write_table(path: Path, ops, m: np.ndarray) -> None:
+    df = pd.DataFrame(m, columns=[str(t) for t in range(m.shape[1])])
+    df.insert(0, "op", list(ops))
+    df.to_csv(path, index=False, float_format="%.6f")
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    a = write_results(root, "a4-neggem-3f9c2e1b", "neggem", mia=True)
+    b = write_results(root, "a4-neggrad-5e6f7a8b", "neggrad")
+    return root, a, b
+
+
+@pytest.fixture(scope="module")
+def png_out(two_runs, tmp_path_factory):
+    _, a, b = two_runs
+    out = tmp_path_factory.mktemp("plots")
+    return out, standard_figures([str(a), str(b)], str(out))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_load_results_reads_the_layout(two_runs):
+    _, a, _ = two_runs
+    r = load_results(str(a))
+    assert (r.run, r.algo, r.dataset, r.n_tasks, r.k, r.sequence) == ("a4-neggem-3f9c2e1b", "neggem", "digits", 5, 2, "A4")
+    assert r.ops == A4_5 and r.seeds == [0, 1, 2] and r.n_seeds == 3
+    assert r.tables["test_acc"].shape == (3, 9, 5)
+    mean, std = r.mean_std("test_acc")
+    assert mean.shape == (9, 5) and np.all(std >= 0)
+    np.testing.assert_allclose(mean, r.tables["test_acc"].mean(axis=0))
+    tow = r.metric("tow")
+    assert tow.shape == (3, 9)
+    assert np.isnan(tow[:, :5]).all() and np.isfinite(tow[:, 5:]).all()  # A4: no reference in the prefix
+    assert r.mia is not None and set(r.mia["attack"]) == {"loss", "efficacy"}
+
+
+def test_load_results_recomputes_metrics_without_metrics_csv(tmp_path):
+    d = write_results(tmp_path, "a4-neggem-00000000", "neggem", seeds=(0,))
+    expected = load_results(str(d)).metric("clu_mix")
+    (d / "metrics.csv").unlink()
+    np.testing.assert_allclose(load_results(str(d)).metric("clu_mix"), expected, atol=1e-5)  # CSVs hold 6 digits
+
+
+def test_load_results_falls_back_to_mean_tables(tmp_path):
+    d = write_results(tmp_path, "a4-neggem-00000000", "neggem")
+    for s in (0, 1, 2):
+        for f in (d / f"seed-{s}").iterdir():
+            f.unlink()
+        (d / f"seed-{s}").rmdir()
+    r = load_results(str(d))
+    assert r.from_aggregate and r.n_seeds == 3
+    mean, std = r.mean_std("test_acc")
+    assert mean.shape == (9, 5) and std.max() > 0
+    assert standard_figures([str(d)], str(tmp_path / "p"))
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_all_expected_png_files(png_out):
+    out, paths = png_out
+    names = [os.path.basename(p) for p in paths]
+    assert names == [f"{n}.png" for n in FIGURES]
+    assert all(Path(p).parent == out and Path(p).stat().st_size > 10_000 for p in paths)
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_pngs_are_real_images_of_the_expected_size(png_out, name):
+    out, _ = png_out
+    img = mpimg.imread(str(out / f"{name}.png"))
+    h, w = img.shape[:2]
+    if name.startswith(("tasks_", "mia_")):
+        assert (h, w) == GRID_PX
+    elif name == "summary":
+        assert w == 12 * 120 and 2 * 120 <= h <= 7 * 120
+    else:
+        assert (h, w) == (6 * 120, 12 * 120)
+    rgb = img[..., :3]
+    assert rgb.std() > 0.03, "an almost constant image"
+    colours = np.unique((rgb.reshape(-1, 3) * 255).round().astype(np.uint8), axis=0)
+    assert len(colours) > 50
+    # the run colours are drawn (lines or, in the summary, the row labels)
+    for algo in ("neggem", "neggrad"):
+        c = np.array([int(algo_color(algo)[i:i + 2], 16) for i in (1, 3, 5)])
+        near = np.abs((rgb * 255) - c).max(axis=-1) < 12
+        assert near.sum() > 30, f"{algo}'s colour is missing from {name}"
+
+
+def test_one_folder_without_mia_skips_mia_auc(two_runs, tmp_path):
+    _, _, b = two_runs
+    paths = standard_figures([str(b)], str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == [f"{n}.png" for n in FIGURES if n != "mia_auc"]
+
+
+@pytest.mark.parametrize("fmt,magic", [("pdf", b"%PDF"), ("svg", b"<?xml")])
+def test_vector_formats(two_runs, tmp_path, fmt, magic):
+    _, a, b = two_runs
+    paths = standard_figures([str(a), str(b)], str(tmp_path), fmt=fmt)
+    assert [os.path.basename(p) for p in paths] == [f"{n}.{fmt}" for n in FIGURES]
+    for p in paths:
+        data = Path(p).read_bytes()
+        assert data.startswith(magic) and len(data) > 5_000
+    # no creation date: the same results give the same bytes
+    again = standard_figures([str(a), str(b)], str(tmp_path / "again"), fmt=fmt)
+    assert Path(paths[0]).read_bytes() == Path(again[0]).read_bytes()
+
+
+def test_long_sequence_many_tasks_and_seed_dependent_ops(tmp_path):
+    """20 tasks, 39 ops (thesis A4), one seed; and an E4-like run whose last op
+    differs by seed: both plot, with thinned labels and 'U*' where seeds differ."""
+    ops = [f"L{t}" for t in range(20)] + [f"U{t}" for t in range(19, 0, -1)]
+    d = write_results(tmp_path, "a4-rl-gem-0123abcd", "rl-gem", seeds=(0,), ops=ops, dataset="cifar100",
+                      n_tasks=20, k=5)
+    e4 = {0: [f"L{t}" for t in range(5)] + ["U3"], 1: [f"L{t}" for t in range(5)] + ["U1"]}
+    e = write_results(tmp_path, "e4-neggem-89abcdef", "neggem", seeds=(0, 1), ops=e4[0], sequence="E4", seed_ops=e4)
+    assert load_results(str(e)).ops[-1] == "U*"
+    paths = standard_figures([str(d)], str(tmp_path / "p20"))
+    img = mpimg.imread(paths[0])
+    assert img.shape[1] >= 12 * 120 and img.shape[0] >= 7 * 120
+    assert standard_figures([str(e)], str(tmp_path / "pe4"))
+
+
+def test_same_algorithm_twice_gets_distinct_styles():
+    styles = run_styles(["neggem", "neggem", "neggrad"])
+    assert styles[0]["color"] == algo_color("neggem") and styles[2]["color"] == algo_color("neggrad")
+    assert styles[1]["color"] != styles[0]["color"] and styles[1]["linestyle"] != styles[0]["linestyle"]
+    assert algo_color("NegGEM") == algo_color("neggem") != algo_color("negagem")
+    assert run_labels([("neggem", "a4-neggem-3f9c2e1b", "x")]) == ["neggem (a4-neggem-3f9c)"]
+    # short labels that would collide fall back to full run names
+    labels = run_labels([("neggem", "a4-neggem-3f9c2e1b", "x"), ("neggem", "a4-neggem-3f9c0000", "y")])
+    assert labels == ["neggem (a4-neggem-3f9c2e1b)", "neggem (a4-neggem-3f9c0000)"]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _one_line_usage_error(excinfo, *words):
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+    return msg
+
+
+def test_missing_summary_json_names_the_folder(two_runs, tmp_path):
+    root, a, _ = two_runs
+    empty = tmp_path / "not-results"
+    empty.mkdir()
+    with pytest.raises(UsageError) as ei:
+        standard_figures([str(a), str(empty)], str(tmp_path / "p"))
+    _one_line_usage_error(ei, str(empty), "summary.json")
+    with pytest.raises(UsageError) as ei:  # the parent folder: the hint points at the runs inside
+        standard_figures([str(root)], str(tmp_path / "p"))
+    _one_line_usage_error(ei, "run folders")
+    with pytest.raises(UsageError) as ei:
+        load_results(str(tmp_path / "nope"))
+    _one_line_usage_error(ei, "nope")
+
+
+def test_mismatched_datasets(two_runs, tmp_path):
+    _, a, _ = two_runs
+    other = write_results(tmp_path, "a4-neggem-cafebabe", "neggem", seeds=(0,), dataset="cifar100", k=20)
+    with pytest.raises(UsageError) as ei:
+        standard_figures([str(a), str(other)], str(tmp_path / "p"))
+    _one_line_usage_error(ei, "different datasets", "digits", "cifar100")
+
+
+def test_bad_format_lists_valid_ones(two_runs, tmp_path):
+    _, a, _ = two_runs
+    with pytest.raises(UsageError) as ei:
+        standard_figures([str(a)], str(tmp_path), fmt="jpeg")
+    _one_line_usage_error(ei, "jpeg", "png", "pdf", "svg")
+    assert not list(tmp_path.iterdir())
+
+
+def test_corrupt_table_is_a_usage_error(tmp_path):
+    d = write_results(tmp_path, "a4-neggem-00000000", "neggem", seeds=(0,))
+    (d / "seed-0" / "train_conf.csv").write_text("x,y\n1,2\n")
+    with pytest.raises(UsageError) as ei:
+        load_results(str(d))
+    _one_line_usage_error(ei, "train_conf.csv", "op")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture()
+def cli_app():
+    from cluctl.cli.plot import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.command("noop")  # a second command so that "plot" stays a subcommand
+    def _noop():
+        pass
+
+    return app
+
+
+def test_cli_writes_and_prints_paths(two_runs, tmp_path, cli_app):
+    _, a, b = two_runs
+    res = CliRunner().invoke(cli_app, ["plot", str(a), str(b), "--out", str(tmp_path), "--format", "svg"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.strip().splitlines()
+    assert lines == [str(tmp_path / f"{n}.svg") for n in FIGURES]
+    assert all(Path(p).is_file() for p in lines)
+
+
+def test_cli_default_out_dir(two_runs, tmp_path, cli_app, monkeypatch):
+    _, a, b = two_runs
+    res = CliRunner().invoke(cli_app, ["plot", str(b), "--dpi", "60", "-q"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip().splitlines()[0] == str(b / "plots" / "tasks_test.png")
+    assert mpimg.imread(str(b / "plots" / "tasks_test.png")).shape[:2] == (7 * 60, 12 * 60)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli_app, ["plot", str(a), str(b), "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "plots" / "mia_auc.png").is_file()
+
+
+def test_cli_help_has_an_example(cli_app):
+    res = CliRunner().invoke(cli_app, ["plot", "--help"])
+    assert res.exit_code == 0
+    assert "Example: cluctl plot results/a4-neggem-1a2b3c4d results/a4-neggrad-5e6f7a8b" in res.stdout
+
+
+def test_cli_errors_are_usage_errors(two_runs, tmp_path, cli_app):
+    _, a, _ = two_runs
+    res = CliRunner().invoke(cli_app, ["plot", str(a), "--format", "gif", "--out", str(tmp_path)])
+    assert isinstance(res.exception, UsageError) and "png, pdf, svg" in str(res.exception)
+    res = CliRunner().invoke(cli_app, ["plot", str(tmp_path / "missing")])
+    assert isinstance(res.exception, UsageError)
+
+
+def test_main_cli_one_line_error_exit_2(tmp_path, capsys):
+    """Through the real entry point: one line on stderr, exit code 2."""
+    from cluctl.cli.main import main
+
+    with pytest.raises(SystemExit) as ei:
+        main(["plot", str(tmp_path)])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "summary.json" in err and "\n" not in err
