@@ -156,3 +156,84 @@ def evaluate(ref: str | State, store=None, device: str | None = None, data_root:
         "history": state.history, "dataset": state.dataset.name, "seed": state.config["seed"],
         "learned": state.learned, "forgotten": state.forgotten, "tasks": tasks,
     }
+
+
+def _buffer_indices_from_lineage(store, state: State, task: int) -> tuple[list[int], str | None]:
+    """Task's buffer indices: from the state if learned, else from the latest ancestor
+    checkpoint whose manifest still lists it. Returns (indices, ancestor id or None)."""
+    from .errors import NotFound
+    from .store import read_checkpoint_meta
+
+    if task in state.buffers:
+        b = state.buffers[task]
+        return sorted(set(b["learn"]["indices"]) | set(b["unlearn"]["indices"])), None
+    oid = state.parent_id
+    while oid:
+        if store.is_tombstoned(oid):
+            raise NotFound(f"task {task}'s buffer is gone: checkpoint {oid[:12]} in this lineage was purged",
+                           "use --members train")
+        meta = read_checkpoint_meta(store, oid)
+        man_id = meta.get("manifest")
+        if man_id:
+            if store.is_tombstoned(man_id):
+                raise NotFound(f"task {task}'s buffer manifest {man_id[:12]} was purged", "use --members train")
+            man = store.get_json(man_id)
+            b = man["buffers"].get(str(task))
+            if b:
+                return sorted(set(b["learn"]["indices"]) | set(b["unlearn"]["indices"])), oid
+        oid = meta.get("parent")
+    raise NotFound(f"task {task} has no buffer in this checkpoint's lineage (it was never learned)",
+                   "use --members train")
+
+
+def mia(ref: str | State, task: int, members: str = "train", attack: str = "loss", seed: int | None = None,
+        store=None, device: str | None = None, data_root: str | None = None, download: bool = False) -> dict:
+    """Membership inference on one task (SPEC §7).
+
+    ``attack="loss"``: logistic regression on per-sample masked cross-entropy, members =
+    the task's training samples (``members="train"``) or its buffer (``"buffer"``; for a
+    forgotten task, the buffer of the latest ancestor checkpoint that still lists it),
+    non-members = its test samples. Returns acc, auc, cv_acc, n.
+    ``attack="efficacy"``: SalUn's MIA-efficacy: an SVC on true-label confidence trained
+    with the learned tasks' training (members) vs test (non-members) samples; the fraction
+    of this task's training samples it calls non-members.
+    """
+    from .data import task_indices
+    from .engine import check_task, per_sample_losses
+    from .metrics import mia_efficacy, mia_loss_attack
+
+    if members not in ("train", "buffer"):
+        raise UsageError(f"--members '{members}' is not valid", "choose train or buffer")
+    if attack not in ("loss", "efficacy"):
+        raise UsageError(f"--attack '{attack}' is not valid", "choose loss or efficacy")
+    st = open_store(store)
+    state = ref if isinstance(ref, State) else load_state(st, ref, device=device, data_root=data_root,
+                                                          download=download)
+    task = check_task(state, task)
+    seed = state.config["seed"] if seed is None else int(seed)
+    ds = state.dataset
+    out: dict[str, Any] = {"checkpoint": state.parent_id, "task": task, "status": state.status(task),
+                           "attack": attack, "members": members, "seed": seed, "buffer_from": None}
+    test_idx = task_indices(ds.y_test, state.classes(task))
+    if attack == "loss":
+        if members == "buffer":
+            mem_idx, origin = _buffer_indices_from_lineage(st, state, task)
+            out["buffer_from"] = origin
+        else:
+            mem_idx = task_indices(ds.y_train, state.classes(task)).tolist()
+        m_loss, _ = per_sample_losses(state, mem_idx, task, "train")
+        n_loss, _ = per_sample_losses(state, test_idx, task, "test")
+        out.update(mia_loss_attack(m_loss, n_loss, seed=seed))
+        return out
+    retained = [t for t in state.learned if t != task]
+    if not retained:
+        raise UsageError("MIA-efficacy needs at least one other learned task to train the attacker")
+    r_tr, r_te = [], []
+    for t in retained:
+        _, c = per_sample_losses(state, task_indices(ds.y_train, state.classes(t)), t, "train")
+        r_tr.append(c)
+        _, c = per_sample_losses(state, task_indices(ds.y_test, state.classes(t)), t, "test")
+        r_te.append(c)
+    _, f_tr = per_sample_losses(state, task_indices(ds.y_train, state.classes(task)), task, "train")
+    out["efficacy"] = float(mia_efficacy(np.concatenate(r_tr), np.concatenate(r_te), f_tr, seed=seed))
+    return out

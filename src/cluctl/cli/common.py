@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 # stdout carries results; everything else (progress, logs, warnings) goes to stderr.
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STORE_HELP = "Store directory (default: $CLUCTL_STORE or ./store)."
 StoreOpt = typer.Option(None, "--store", help=STORE_HELP, envvar="CLUCTL_STORE", show_envvar=False)

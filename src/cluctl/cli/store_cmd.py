@@ -180,7 +180,9 @@ def tag(
 
 @app.command()
 def verify(
-    erased: Optional[int] = typer.Option(None, "--erased", help="Also check that nothing left references task T's samples."),
+    erased: Optional[int] = typer.Option(None, "--erased", help="Also check that nothing left references task T's samples (with --run or --ref)."),
+    run: Optional[str] = typer.Option(None, "--run", help="With --erased: the launch run whose task T was erased."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="With --erased: a checkpoint of the lineage whose task T was erased."),
     store: Optional[str] = StoreOpt,
 ):
     """Check every object's hash, every ref, every checkpoint's parent and manifest; remove
@@ -189,7 +191,14 @@ def verify(
     Example: cluctl store verify
     """
     st = open_store(store, must_exist=True)
-    res = st.verify(erased_task=erased)
+    if erased is not None and run is None and ref is None:
+        raise UsageError("--erased T needs the lineage it refers to: --run RUN or --ref REF",
+                         "task numbers only mean something within one run")
+    res = st.verify()
+    if erased is not None:
+        from ..store.purge import erased_problems
+
+        res.extend(erased_problems(st, erased, run=run, ref=ref))
     for line in res.info:
         err.print(line, markup=False)
     for p in res:
@@ -219,3 +228,41 @@ def gc(
     verb = "would free" if dry_run else "freed"
     err.print(f"{len(rep.removed)} unreachable object(s), {verb} {rep.bytes_freed / 1e6:.2f} MB; "
               f"{rep.spared_recent} recent unreachable object(s) spared", markup=False)
+
+
+@app.command()
+def purge(
+    task: int = typer.Option(..., "--task", "-t", help="The task whose training data must go."),
+    run: Optional[str] = typer.Option(None, "--run", help="The launch run (all its seeds)."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="Or: a checkpoint whose lineage (same initial weights) to purge."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
+    store: Optional[str] = StoreOpt,
+):
+    """Delete every stored object that carries task T's training samples or was trained on
+    them without a later unlearning: the checkpoints that have T learned, the manifests
+    listing its indices, the memorization scores computed with its data. Leaves tombstones
+    and lists result files derived from those checkpoints. Run with --dry-run first.
+
+    What it does not guarantee: checkpoints after unlearning T are kept, and unlearning is
+    approximate (they are not a model that never saw T); dataset files outside the store are
+    untouched.
+
+    Example: cluctl store purge --task 3 --run a4-neggem-3f9c2e1b --dry-run
+    """
+    from ..store.purge import purge_task, results_dirs_for_run
+
+    st = open_store(store, must_exist=True)
+    dirs = results_dirs_for_run(st, run) if run else []
+    rep = purge_task(st, task, run=run, ref=ref, dry_run=dry_run, results_dirs=dirs)
+    verb = "would remove" if dry_run else "removed"
+    for kind, ids in (("checkpoint", rep.checkpoints), ("manifest", rep.manifests), ("scores", rep.scores)):
+        for oid in ids:
+            typer.echo(f"{verb} {kind} {oid}")
+    for oid in rep.derived_objects:
+        typer.echo(f"derived object (kept, holds no samples) {oid}")
+    for f in rep.derived_files:
+        typer.echo(f"derived file outside the store {f}")
+    err.print(f"{verb} {len(rep.checkpoints)} checkpoint(s), {len(rep.manifests)} manifest(s), "
+              f"{len(rep.scores)} score set(s) of task {task}"
+              + ("" if dry_run else f"; check with `cluctl store verify --erased {task} "
+                 + (f"--run {run}`" if run else f"--ref {ref}`")), markup=False)
