@@ -218,8 +218,11 @@ def learn_task(state: State, task: int, progress: ProgressFn | None = None,
     steps_per_epoch = sum(1 for s in range(0, n, bs) if min(bs, n - s) >= 2)
     total = steps_per_epoch * epochs
     steps = projections = fallbacks = 0
+    diverged = False
     first_seen = None
     for epoch in range(epochs):
+        if diverged:
+            break
         perm = torch.randperm(n, generator=gen)
         if first_seen is None:
             first_seen = perm
@@ -234,6 +237,9 @@ def learn_task(state: State, task: int, progress: ProgressFn | None = None,
             if info is not None:
                 projections += int(info.projected)
                 fallbacks += int(info.fallback)
+            if not bool(torch.isfinite(x).all()):
+                diverged = True  # never apply a non-finite update: keep the last finite weights
+                break
             apply_update(params, x, lr)
             steps += 1
             faults.point("train-step")
@@ -278,7 +284,7 @@ def learn_task(state: State, task: int, progress: ProgressFn | None = None,
         state.learned.append(task)
     state.history.append(f"L{task}")
     summary = {"op": f"L{task}", "algo": cfg["learn_algo"], "steps": steps, "projections": projections,
-               "qp_fallbacks": fallbacks, "samples": n, "buffer_size": m,
+               "qp_fallbacks": fallbacks, "samples": n, "buffer_size": m, "diverged": diverged,
                "wall_s": round(time.perf_counter() - t0, 4)}
     state.last_op = summary
     return summary
@@ -375,11 +381,22 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
             if info is not None:
                 projections += int(info.projected)
                 fallbacks += int(info.fallback)
+            backup = [p.detach().clone() for p in params]
             if step_hook is not None:
                 step_hook({"g_f": g_f, "G": refs.G if refs.batches else None, "x": x, "info": info,
                            "mask": mask, "forget_y": fy, "params_before": [p.detach().clone() for p in params]
                            if cfg["salun_on"] == "update" else None, "cfg": cfg})
+            if not bool(torch.isfinite(x).all()):
+                # Gradient ascent can blow the weights up when the projection keeps it from
+                # lowering the forget accuracy; never apply a non-finite update.
+                stopped = "diverged"
+                break
             apply_update(params, x, cfg["unlearning_rate"])
+            if not all(bool(torch.isfinite(p).all()) for p in params):
+                for p, old in zip(params, backup):
+                    p.data.copy_(old)
+                stopped = "diverged"
+                break
             steps += 1
             faults.point("train-step")
             if progress:
