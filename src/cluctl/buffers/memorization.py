@@ -27,6 +27,8 @@ most memorized. Scores come from one of three places:
     every epoch of one ordinary training run on the whole training set.
     ``cached_proxy`` computes it once per (dataset, model, width, seed) and keeps it
     under ``scores/proxy/<fingerprint[:16]>-<model>-<width>-seed<seed>``.
+    ``resolve_scores`` is what a ranked buffer needs: given scores (``--mem-scores``),
+    checked against the dataset, else that cached proxy.
 
 Training (estimator and proxy): SGD over cross-entropy on all C outputs, model in train
 mode, shuffled every epoch by a generator seeded per model, a last batch of a single
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -78,6 +81,7 @@ __all__ = [
     "import_scores",
     "load_scores",
     "proxy_ref",
+    "resolve_scores",
     "run_key",
     "save_scores",
 ]
@@ -103,7 +107,7 @@ ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, markup=False)
 
 
 def _seed(seed: int, j: int, tag: int) -> int:
@@ -204,7 +208,8 @@ def _eval_batch(kind: str) -> int:
 def _fit(model, X, Y, train_idx, epochs, lr, batch_size, momentum, gen, after_epoch=None, on_step=None) -> None:
     """SGD over cross-entropy on all outputs (train mode), shuffled per epoch by ``gen``;
     a last batch of one sample is dropped. ``train_idx`` lives on X's device."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    params = [p for p in model.parameters() if p.requires_grad]
+    bufs = [torch.zeros_like(p) for p in params] if momentum else None
     n = len(train_idx)
     dev = X.device
     for epoch in range(epochs):
@@ -215,9 +220,14 @@ def _fit(model, X, Y, train_idx, epochs, lr, batch_size, momentum, gen, after_ep
             if len(b) < 2:  # BatchNorm cannot normalise a single sample
                 continue
             loss = F.cross_entropy(model(X[b]), Y[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():  # torch.optim.SGD's update (dampening 0, no Nesterov), minus its overhead
+                if bufs is None:
+                    torch._foreach_add_(params, grads, alpha=-lr)
+                else:
+                    torch._foreach_mul_(bufs, momentum)
+                    torch._foreach_add_(bufs, grads)
+                    torch._foreach_add_(params, bufs, alpha=-lr)
             if on_step is not None:
                 on_step(epoch)
         if after_epoch is not None:
@@ -234,6 +244,24 @@ def _logits_apply(model, X, batch: int, fn) -> torch.Tensor:
             out.append(fn(model(X[s : s + batch]), s))
     model.train(was)
     return torch.cat(out) if out else torch.empty(0)
+
+
+class _threads:
+    """Use ``n`` torch CPU threads inside the block (None: leave as is), then restore."""
+
+    def __init__(self, n: int | None):
+        self.n = None if n is None else _check_int("--threads", n, 1)
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        if self.n is not None and self.n != self.old:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if torch.get_num_threads() != self.old:
+            torch.set_num_threads(self.old)
+        return False
 
 
 def _steps_per_epoch(n: int, bs: int) -> int:
@@ -272,14 +300,15 @@ def load_scores(store, ref: str, dataset=None) -> tuple[np.ndarray, dict]:
     scores must have been made for that dataset (same length and fingerprint)."""
     oid = store.resolve(ref)
     hint = "pass the ref or id that `cluctl memorize import`/`estimate` printed"
-    try:
-        doc = store.get_json(oid)
-    except CluctlError as e:
-        if isinstance(e, NotFound):
-            raise
-        if "not valid JSON" in str(e):
-            raise UsageError(f"{ref} ({oid[:12]}) is not a memorization scores object", hint) from None
-        raise
+    data = store.get_bytes(oid)
+    doc = None
+    if data[:1] == b"{":
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            doc = None
+    if doc is None:
+        raise UsageError(f"{ref} ({oid[:12]}) is not a memorization scores object (it is not JSON)", hint)
     if not isinstance(doc, dict) or doc.get("type") != SCORES_TYPE:
         kind = doc.get("type") if isinstance(doc, dict) else type(doc).__name__
         raise UsageError(f"{ref} ({oid[:12]}) is not a memorization scores object (its type is {kind!r})", hint)
@@ -414,10 +443,11 @@ def import_scores(store, path, dataset) -> str:
 
 def confidence_proxy(dataset, model: str, width: int | None, seed: int, epochs: int = 5, lr: float = 0.05,
                      batch_size: int = 32, device="cpu", progress: ProgressFn | None = None,
-                     momentum: float = 0.0) -> np.ndarray:
+                     momentum: float = 0.0, threads: int | None = None) -> np.ndarray:
     """1 - mean true-label confidence of every training sample over the epochs of one
     ordinary training run on the whole training set (C-way, recorded after each epoch in
-    eval mode). Higher = more memorized. Deterministic for a seed, device and thread count."""
+    eval mode). Higher = more memorized. Deterministic for a seed, device and thread count
+    (``threads``: torch CPU threads for the call, default: as set)."""
     from cluctl.engine import resolve_device
     from cluctl.models import build_model
 
@@ -455,7 +485,8 @@ def confidence_proxy(dataset, model: str, width: int | None, seed: int, epochs: 
         conf_sum.add_(_logits_apply(net, X, _eval_batch(kind), true_prob))
 
     all_idx = torch.arange(n, device=dev)
-    _fit(net, X, Y, all_idx, epochs, lr, batch_size, momentum, gen, after_epoch=after_epoch, on_step=on_step)
+    with _threads(threads):
+        _fit(net, X, Y, all_idx, epochs, lr, batch_size, momentum, gen, after_epoch=after_epoch, on_step=on_step)
     return (1.0 - conf_sum / epochs).cpu().numpy()
 
 
@@ -466,7 +497,8 @@ def proxy_ref(dataset, model: str, width, seed: int) -> str:
 
 
 def cached_proxy(store, dataset, model: str, width, seed: int, device=None,
-                 progress: ProgressFn | None = None, quiet: bool = False) -> tuple[np.ndarray, str]:
+                 progress: ProgressFn | None = None, quiet: bool = False,
+                 threads: int | None = None) -> tuple[np.ndarray, str]:
     """The confidence proxy (default options: ``PROXY_DEFAULTS``) for this dataset, model,
     width and seed, computed once and kept under ``proxy_ref(...)``; later calls load it.
     Says on stderr when it computes. Returns (scores, id)."""
@@ -492,7 +524,7 @@ def cached_proxy(store, dataset, model: str, width, seed: int, device=None,
             f"it is cached in the store as {ref}"
         )
     t0 = time.perf_counter()
-    scores = confidence_proxy(ds, kind, w, seed, device=dev, progress=progress, **PROXY_DEFAULTS)
+    scores = confidence_proxy(ds, kind, w, seed, device=dev, progress=progress, threads=threads, **PROXY_DEFAULTS)
     meta = {
         "method": "confidence",
         "dataset": ds.name,
@@ -505,6 +537,17 @@ def cached_proxy(store, dataset, model: str, width, seed: int, device=None,
     if not quiet:
         _console().print(f"cached confidence proxy {oid[:12]} as {ref} ({time.perf_counter() - t0:.1f} s)")
     return scores, oid
+
+
+def resolve_scores(store, dataset, ref: str | None = None, model: str = "resnet18", width=None, seed: int = 0,
+                   device=None, progress: ProgressFn | None = None, quiet: bool = False) -> tuple[np.ndarray, str]:
+    """The scores a ranked buffer uses: ``ref`` (``--mem-scores``) when given, checked
+    against ``dataset``; else the run's cached confidence proxy (``cached_proxy``).
+    Returns (scores, id) -- the shape of the engine's ``scores_fn``."""
+    if ref:
+        scores, meta = load_scores(store, ref, dataset=dataset)
+        return scores, meta["id"]
+    return cached_proxy(store, dataset, model, width, seed, device=device, progress=progress, quiet=quiet)
 
 
 # ---------------------------------------------------------------- Feldman & Zhang estimator
@@ -586,11 +629,13 @@ def _worker_job(j: int, cfg: dict) -> dict:
 def estimate_memorization(dataset, models: int = 100, subset: float = 0.7, epochs: int = 10, model: str = "mlp",
                           width=None, lr: float = 0.05, batch_size: int = 32, seed: int = 0, devices=("cpu",),
                           workers: int = 1, store=None, progress: ProgressFn | None = None,
-                          momentum: float = 0.9) -> tuple[np.ndarray, dict]:
+                          momentum: float = 0.9, threads: int | None = None) -> tuple[np.ndarray, dict]:
     """Feldman & Zhang's subsampled memorization estimate from ``models`` models (see the
     module docstring). With a ``store`` every finished model is kept under
     ``memorize/<run-key>/model-<j>`` and reused by a later call. Runs in-process on one
-    device with ``workers=1``, else ``workers`` spawned processes per device.
+    device with ``workers=1`` (``threads``: torch CPU threads meanwhile, default: as set),
+    else ``workers`` spawned processes per device, each with max(1, cores // processes)
+    threads (or ``threads``).
 
     Returns (scores [N] float64, info) with info keys ``no_estimate``, ``train_acc_mean``
     (mean accuracy of the models on their own training subsets), ``wall_s``,
@@ -650,10 +695,11 @@ def estimate_memorization(dataset, models: int = 100, subset: float = 0.7, epoch
         if len(devs) == 1 and workers == 1:
             X = ds.x_train.to(devs[0])
             Y = ds.y_train.to(devs[0])
-            for j in todo:
-                finish(_train_one(X, Y, ds.num_classes, ds.input_shape, j, cfg))
+            with _threads(threads):
+                for j in todo:
+                    finish(_train_one(X, Y, ds.num_classes, ds.input_shape, j, cfg))
         else:
-            _run_pool(ds, devs, workers, todo, cfg, finish)
+            _run_pool(ds, devs, workers, todo, cfg, finish, threads)
 
     in_cnt = masks.sum(0)
     out_cnt = K - in_cnt
@@ -676,7 +722,7 @@ def estimate_memorization(dataset, models: int = 100, subset: float = 0.7, epoch
     return scores, info
 
 
-def _run_pool(ds, devs: Sequence[str], workers: int, todo: list[int], cfg: dict, finish) -> None:
+def _run_pool(ds, devs: Sequence[str], workers: int, todo: list[int], cfg: dict, finish, threads=None) -> None:
     """``workers`` spawned processes per device; the dataset travels once through a
     temporary safetensors file (no pickled tensors)."""
     import multiprocessing as mp
@@ -687,7 +733,7 @@ def _run_pool(ds, devs: Sequence[str], workers: int, todo: list[int], cfg: dict,
 
     cores = os.cpu_count() or 1
     procs = len(devs) * workers
-    threads = max(1, cores // procs)
+    threads = max(1, cores // procs) if threads is None else _check_int("--threads", threads, 1)
     tmp = tempfile.mkdtemp(prefix="cluctl-memorize-")
     pools: list[ProcessPoolExecutor] = []
     try:
