@@ -58,19 +58,10 @@ def scores_provider(store, cfg: dict, quiet: bool = False) -> Callable[[State], 
     """Scores for ranked buffers: ``--mem-scores REF`` or the cached confidence proxy."""
 
     def provide(state: State):
-        from .buffers.memorization import cached_proxy, load_scores
+        from .buffers.memorization import resolve_scores
 
-        ref = cfg.get("mem_scores")
-        if ref:
-            scores, meta = load_scores(store, ref)
-            if meta.get("dataset_fingerprint") not in (None, state.dataset.fingerprint):
-                raise UsageError(f"memorization scores {ref} were computed for another dataset ({meta.get('dataset')})")
-            if len(scores) != len(state.dataset.y_train):
-                raise UsageError(f"memorization scores {ref} hold {len(scores)} values; "
-                                 f"{state.dataset.name} has {len(state.dataset.y_train)} training samples")
-            return scores, store.resolve(ref)
-        return cached_proxy(store, state.dataset, state.config["model"], state.config.get("width"),
-                            state.config["seed"])
+        return resolve_scores(store, state.dataset, cfg.get("mem_scores"), state.config["model"],
+                              state.config.get("width"), state.config["seed"], device=state.device)
 
     return provide
 

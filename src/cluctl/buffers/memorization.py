@@ -107,7 +107,7 @@ ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, markup=False)
+    return Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
 def _seed(seed: int, j: int, tag: int) -> int:
