@@ -30,9 +30,9 @@ def plot(
     Example: cluctl plot results/a4-neggem-1a2b3c4d results/a4-neggrad-5e6f7a8b
     """
     from ..plots import standard_figures
-    from ..plots.figures import _check_format
+    from ..plots.figures import check_format
 
-    fmt = _check_format(fmt)  # a bad --format fails before any folder is read
+    fmt = check_format(fmt)  # a bad --format fails before any folder is read
     out_dir = out or default_out_dir(results)
     paths = standard_figures(results, out_dir, fmt=fmt, dpi=dpi)
     for p in paths:

@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -35,7 +37,7 @@ from .style import (
     run_styles,
 )
 
-__all__ = ["FORMATS", "FIGURES", "standard_figures"]
+__all__ = ["FORMATS", "FIGURES", "standard_figures", "check_format"]
 
 FORMATS = ("png", "pdf", "svg")
 #: every figure standard_figures can write, in order (mia_auc only when some run has mia.csv)
@@ -43,6 +45,7 @@ FIGURES = ("tasks_test", "tasks_train", "tasks_confidence", "tow", "clu_mix", "m
 
 GRID_SIZE = (12.0, 7.0)  # inches, for up to 3 x 3 tasks; larger task counts grow it
 LINE_SIZE = (12.0, 6.0)
+UNLEARN_SHADE = "#fcefed"  # background of the unlearning ops in the single-axes figures
 BETA = 0.2  # CLU_mix's beta (SPEC §7): a perfect run without gain scores 1 / (1 + beta)
 
 
@@ -158,9 +161,11 @@ def _shade_status(ax, col: np.ndarray) -> None:
         j = i
         while j + 1 < n and col[j + 1] == col[i]:
             j += 1
-        if col[i] in STATUS_COLORS:
-            ax.axvspan(i - 0.5, j + 0.5, color=STATUS_COLORS[col[i]], linewidth=0, zorder=0,
-                       hatch="//" if col[i] == "mixed" else None)
+        if col[i] == "mixed":  # hatched: the hatch takes the edge colour
+            ax.axvspan(i - 0.5, j + 0.5, facecolor=STATUS_COLORS["mixed"], edgecolor="#b5b5b5", hatch="//",
+                       linewidth=0, zorder=0)
+        elif col[i] in STATUS_COLORS:
+            ax.axvspan(i - 0.5, j + 0.5, color=STATUS_COLORS[col[i]], linewidth=0, zorder=0)
         i = j + 1
 
 
@@ -169,14 +174,17 @@ def _grid_shape(n: int) -> tuple[int, int]:
     return math.ceil(n / ncols), ncols
 
 
-def _legend_handles(ctx: _Ctx, ref_label: str | None, status: bool, events: bool) -> list:
-    handles = [Line2D([], [], color=st["color"], linestyle=st["linestyle"], linewidth=2, label=lab)
-               for lab, st in zip(ctx.labels, ctx.styles)]
+def _legend_handles(ctx: _Ctx, ref_label: str | None, status: bool, events: bool, absent=(), absent_note="") -> list:
+    """Runs (``absent``: indices of runs without data, labelled with ``absent_note``),
+    the reference line, learn/unlearn markers and the status shading."""
+    handles = [Line2D([], [], color=st["color"], linestyle=st["linestyle"], linewidth=2,
+                      label=f"{lab} {absent_note}" if j in absent else lab, alpha=0.45 if j in absent else 1.0)
+               for j, (lab, st) in enumerate(zip(ctx.labels, ctx.styles))]
     if ref_label:
         handles.append(Line2D([], [], color=CHANCE_COLOR, linestyle="--", linewidth=1, label=ref_label))
     if events:
         handles.append(Line2D([], [], color=LEARN_LINE, linestyle=":", linewidth=1.3, label="learn op (L t)"))
-        handles.append(Line2D([], [], color=UNLEARN_LINE, linestyle=":", linewidth=1.3, label="unlearn op (U t)"))
+        handles.append(Line2D([], [], color=UNLEARN_LINE, linestyle="-.", linewidth=1.1, label="unlearn op (U t)"))
     if status:
         used = set(ctx.status.ravel().tolist())
         for name in ("learned", "forgotten", "mixed"):
@@ -197,12 +205,13 @@ def _place_legend(fig, axes_spare: list, handles: list) -> None:
         axes_spare[-1].legend(handles=handles, loc="center", frameon=False, fontsize=9,
                               ncols=1 if len(axes_spare) == 1 else 2)
     else:
-        ncols = min(len(handles), 4)
-        fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False, fontsize=9)
+        # beside the grid: constrained layout cannot stack a legend with the suptitle or supxlabel
+        fig.legend(handles=handles, loc="outside right center", frameon=False, fontsize=9)
 
 
 def _task_grid(ctx: _Ctx, series, title: str, ylabel: str, ref: float | None, ref_label: str | None,
-               ylim: tuple[float, float], connect: bool = False, markers: bool | None = None):
+               ylim: tuple[float, float], connect: bool = False, markers: bool | None = None,
+               absent_note: str = "(no data)"):
     """One subplot per task; ``series(run) -> (mean, std)`` of shape (n_ops, n_tasks)
     (or None to skip the run)."""
     n = ctx.n_tasks
@@ -220,7 +229,7 @@ def _task_grid(ctx: _Ctx, series, title: str, ylabel: str, ref: float | None, re
         for i in sorted(ctx.learn_at[t]):
             ax.axvline(i, color=LEARN_LINE, linestyle=":", linewidth=1.1, alpha=0.8, zorder=1)
         for i in sorted(ctx.unlearn_at[t]):
-            ax.axvline(i, color=UNLEARN_LINE, linestyle=":", linewidth=1.1, alpha=0.8, zorder=1)
+            ax.axvline(i, color=UNLEARN_LINE, linestyle="-.", linewidth=0.9, alpha=0.8, zorder=1)
         if ref is not None:
             ax.axhline(ref, color=CHANCE_COLOR, linestyle="--", linewidth=1, zorder=2)
         for d, st, lab in zip(data, ctx.styles, ctx.labels):
@@ -233,7 +242,7 @@ def _task_grid(ctx: _Ctx, series, title: str, ylabel: str, ref: float | None, re
         ax.set_ylim(*ylim)
         ax.set_title(f"task {t}", fontsize=10, pad=3)
         below = t + ncols < n  # another task subplot sits underneath: it carries the labels
-        op_ticks(ax, ctx.ops, w / ncols, show_labels=not below, fontsize=7.5)
+        op_ticks(ax, ctx.ops, w / ncols, show_labels=not below, fontsize=7.5, minor=False)
         if t % ncols:
             ax.tick_params(axis="y", labelleft=False)
         ax.tick_params(axis="y", labelsize=8)
@@ -242,27 +251,47 @@ def _task_grid(ctx: _Ctx, series, title: str, ylabel: str, ref: float | None, re
     fig.suptitle(f"{title} — {ctx.where}", fontsize=13)
     fig.supxlabel("operation (each point: the state after that operation)", fontsize=10)
     fig.supylabel(ylabel, fontsize=10)
-    _place_legend(fig, list(axes[n:]), _legend_handles(ctx, ref_label, status=True, events=True))
+    absent = {j for j, d in enumerate(data) if d is None}
+    _place_legend(fig, list(axes[n:]), _legend_handles(ctx, ref_label, status=True, events=True,
+                                                        absent=absent, absent_note=absent_note))
     return fig
 
 
 def _line_figure(ctx: _Ctx, series, title: str, ylabel: str, ylim, ref: float | None, ref_label: str | None,
-                 empty_note: str):
+                 empty_note: str, gap_note: str | None = None):
     fig = Figure(figsize=LINE_SIZE, layout="constrained")
     ax = fig.subplots()
     # shade the unlearning operations so the two phases of a sequence stand out
     is_u = np.array([lab.startswith("U") for lab in ctx.ops])
-    _shade_status(ax, np.where(is_u, "forgotten", "none"))
+    for i in np.flatnonzero(is_u):
+        ax.axvspan(i - 0.5, i + 0.5, color=UNLEARN_SHADE, linewidth=0, zorder=0)
     if ref is not None:
         ax.axhline(ref, color=CHANCE_COLOR, linestyle="--", linewidth=1, zorder=2)
     drawn = 0
-    for r, st, lab in zip(ctx.runs, ctx.styles, ctx.labels):
+    absent = set()
+    defined = np.zeros(ctx.n_ops, dtype=bool)
+    for j, (r, st, lab) in enumerate(zip(ctx.runs, ctx.styles, ctx.labels)):
         vals = series(r)
-        if vals is None:
+        if vals is None or np.isnan(vals).all():
+            absent.add(j)
             continue
         mean, std = _nanmean_std(vals)
         drawn += int(np.isfinite(mean).any())
+        defined[: len(mean)] |= np.isfinite(mean)
         _band(ax, np.arange(len(mean)), mean, std, st, lab, markers=True, connect=False, lo=ylim[0], hi=ylim[1])
+    if drawn and gap_note:  # say why a stretch of rows has no value at all
+        i = 0
+        while i < ctx.n_ops:
+            if defined[i]:
+                i += 1
+                continue
+            j = i
+            while j + 1 < ctx.n_ops and not defined[j + 1]:
+                j += 1
+            if j - i >= 1:
+                ax.text((i + j) / 2, (ylim[0] + ylim[1]) / 2, gap_note, ha="center", va="center", fontsize=9,
+                        color="#777777", style="italic", wrap=True)
+            i = j + 1
     if not drawn:
         ax.text(0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center", fontsize=11,
                 color="#444444", wrap=True)
@@ -273,9 +302,9 @@ def _line_figure(ctx: _Ctx, series, title: str, ylabel: str, ylim, ref: float | 
     ax.grid(axis="y", color="#dddddd", linewidth=0.6)
     ax.set_axisbelow(True)
     ax.set_title(f"{title} — {ctx.where}", fontsize=13)
-    handles = _legend_handles(ctx, ref_label, status=False, events=False)
+    handles = _legend_handles(ctx, ref_label, status=False, events=False, absent=absent, absent_note="— no values")
     if is_u.any():
-        handles.append(Patch(facecolor=STATUS_COLORS["forgotten"], edgecolor="#bbbbbb", label="unlearning op"))
+        handles.append(Patch(facecolor=UNLEARN_SHADE, edgecolor="#bbbbbb", label="unlearning op"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False, fontsize=9)
     return fig
 
@@ -302,7 +331,7 @@ def _mia_auc(run: Results):
     seeds = sorted(df["seed"].unique())
     arr = np.full((len(seeds), run.n_ops, run.n_tasks), np.nan)
     index = {s: j for j, s in enumerate(seeds)}
-    auc = df["auc"].astype(float).to_numpy()
+    auc = pd.to_numeric(df["auc"], errors="coerce").to_numpy(dtype=float)
     for s, row, t, v in zip(df["seed"], df["row"], df["task"], auc):
         if 0 <= row < run.n_ops and 0 <= t < run.n_tasks:
             arr[index[s], row, t] = v
@@ -322,7 +351,7 @@ def _mia_figure(ctx: _Ctx):
     members = _mia_members(ctx.runs)
     title = f"Loss-based MIA: attack ROC AUC{members} (0.5 = cannot tell members)"
     return _task_grid(ctx, lambda r: data[id(r)], title, "attack AUC", 0.5, "AUC 0.5 (no leak)", (lo, hi),
-                      connect=True, markers=True)
+                      connect=True, markers=True, absent_note="— no mia.csv")
 
 
 def _mia_members(runs: list[Results]) -> str:
@@ -338,9 +367,9 @@ def _mia_members(runs: list[Results]) -> str:
 
 
 _SUMMARY_COLS = [
-    ("acc", "ACC", 3), ("bwt", "BWT", 3), ("final_forget_acc", "final forget acc", 3),
-    ("final_retain_acc", "final retain acc", 3), ("final_tow", "final CL-ToW", 3),
-    ("final_clu_mix", "final CLU_mix", 3), ("wall_s", "wall time / seed", None),
+    ("acc", "ACC", 3), ("bwt", "BWT", 3), ("final_forget_acc", "final\nforget acc", 3),
+    ("final_retain_acc", "final\nretain acc", 3), ("final_tow", "final\nCL-ToW", 3),
+    ("final_clu_mix", "final\nCLU_mix", 3), ("wall_s", "wall time\nper seed", None),
 ]
 
 
@@ -362,8 +391,8 @@ def _summary_figure(ctx: _Ctx):
     from matplotlib.colors import to_rgb
 
     rows = []
-    for r in ctx.runs:
-        cells = []
+    for lab, r in zip(ctx.labels, ctx.runs):
+        cells = [lab]
         one_seed = r.n_seeds == 1
         for key, _, digits in _SUMMARY_COLS:
             mean, std = summary_value(r, key)
@@ -371,43 +400,43 @@ def _summary_figure(ctx: _Ctx):
             cells.append(_fmt_time(mean, std) if digits is None else _fmt(mean, std, digits))
         cells.append(str(r.n_seeds))
         rows.append(cells)
-    col_labels = [name for _, name, _ in _SUMMARY_COLS] + ["seeds"]
-    n = len(rows)
-    h = 1.6 + 0.42 * (n + 1)
-    fig = Figure(figsize=(12.0, max(2.6, h)), layout="constrained")
+    header = ["run"] + [name for _, name, _ in _SUMMARY_COLS] + ["seeds"]
+    # column widths from the longest text line in each column (header lines included)
+    chars = [max([len(line) for line in h.split("\n")] + [len(row[j]) for row in rows]) + 2
+             for j, h in enumerate(header)]
+    width = max(12.0, 0.085 * sum(chars) + 0.6)  # ~0.085 in per character at 9.5 pt
+    row_h = 0.42
+    fig = Figure(figsize=(width, 1.25 + row_h * (len(rows) + 1)), layout="constrained")
     ax = fig.subplots()
     ax.set_axis_off()
-    label_w = min(0.34, max(0.16, 0.0085 * max(len(lab) for lab in ctx.labels)))
-    widths = [0.098] * len(_SUMMARY_COLS) + [0.05]
-    table = ax.table(cellText=rows, rowLabels=ctx.labels, colLabels=col_labels, loc="center",
-                     cellLoc="center", rowLoc="left", colWidths=widths)
+    table = ax.table(cellText=rows, colLabels=header, cellLoc="center", bbox=[0, 0, 1, 1],
+                     colWidths=[c / sum(chars) for c in chars])
     table.auto_set_font_size(False)
     table.set_fontsize(9.5)
-    table.scale(1.0, 1.7)
     for (i, j), cell in table.get_celld().items():
         cell.set_edgecolor("#cccccc")
         if i == 0:
             cell.set_text_props(weight="bold")
-            cell.set_facecolor("#f0f0f0")
-        elif j == -1:
-            color = to_rgb(ctx.styles[i - 1]["color"])
-            cell.set_facecolor(tuple(0.78 + 0.22 * c for c in color))
-            cell.get_text().set_color(ctx.styles[i - 1]["color"])
-            cell.set_text_props(weight="bold")
-            cell.set_width(label_w)
+            cell.set_facecolor("#eeeeee")
+        elif j == 0:
+            color = ctx.styles[i - 1]["color"]
+            cell.set_facecolor(tuple(0.85 + 0.15 * c for c in to_rgb(color)))
+            cell.get_text().set_color(color)
+            cell.set_text_props(weight="bold", ha="left")
+            cell.PAD = 0.03
         elif i % 2 == 0:
-            cell.set_facecolor("#fafafa")
+            cell.set_facecolor("#f7f7f7")
     ax.set_title(f"Summary — {ctx.where}", fontsize=13)
-    fig.text(0.5, 0.02, "mean ± std over seeds (from summary.json); ACC, BWT on the learning prefix; "
-             "forget/retain: mean test accuracy of the forgotten/learned tasks after the last operation",
-             ha="center", va="bottom", fontsize=8.5, color="#555555")
+    fig.supxlabel("mean ± std over seeds (summary.json). ACC, BWT: learning prefix (ops before the first unlearn); "
+                  "forget / retain: mean test accuracy of the forgotten / learned tasks after the last op.",
+                  fontsize=8.5, color="#555555")
     return fig
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def _check_format(fmt: str) -> str:
+def check_format(fmt: str) -> str:
     f = str(fmt).strip().lower().lstrip(".")
     if f not in FORMATS:
         raise UsageError(f"unknown figure format '{fmt}'", f"use one of: {', '.join(FORMATS)}")
@@ -420,7 +449,8 @@ def _save(fig: Figure, path: str, fmt: str, dpi: int) -> None:
     meta = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(fmt)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        fig.savefig(tmp, format=fmt, dpi=dpi, metadata=meta)
+        with rc_context({"svg.hashsalt": "cluctl"}):  # stable SVG element ids
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=meta)
         os.replace(tmp, path)
     except OSError as exc:
         try:
@@ -441,7 +471,7 @@ def standard_figures(results_dirs: list[str], out_dir: str, fmt: str = "png", dp
     UsageError: a folder without summary.json, runs of different datasets or task
     counts, an unknown ``fmt`` (png, pdf, svg), a dpi that is not positive.
     """
-    fmt = _check_format(fmt)
+    fmt = check_format(fmt)
     if isinstance(dpi, bool) or not isinstance(dpi, (int, np.integer)) or not 10 <= dpi <= 1200:
         raise UsageError(f"--dpi must be an integer from 10 to 1200, got {dpi!r}", "the default is 120")
     if isinstance(results_dirs, (str, os.PathLike)):
@@ -469,7 +499,8 @@ def standard_figures(results_dirs: list[str], out_dir: str, fmt: str = "png", dp
             ctx, lambda r: r.metric("tow") if r.metrics is not None else None,
             "CL-ToW (1 = indistinguishable from the reference)", "CL-ToW", (0.0, 1.02), None, None,
             "CL-ToW is undefined at every row: no earlier row had the same learned set\n"
-            "(gaps are rows without a reference)")),
+            "and forgot nothing (no reference)",
+            gap_note="no reference row:\nCL-ToW undefined")),
         ("clu_mix", lambda: _line_figure(
             ctx, lambda r: r.metric("clu_mix") if r.metrics is not None else None,
             "CLU_mix (thesis definition, train accuracies)", "CLU_mix", (0.0, 1.02), 1.0 / (1.0 + BETA),

@@ -17,9 +17,10 @@ _TAB10 = [mcolors.to_hex(c) for c in mcolors.TABLEAU_COLORS.values()]  # tab10, 
 _SPARE = [c for c in _TAB10[len(ALGO_ORDER):] if c != "#7f7f7f"] + ["#393b79", "#637939"]
 
 #: background of a task's subplot by its status at each row
-STATUS_COLORS = {"learned": "#dff0d8", "forgotten": "#f8dcd8", "mixed": "#ececec"}
-LEARN_LINE = "#2e7d32"
-UNLEARN_LINE = "#c62828"
+STATUS_COLORS = {"learned": "#e6f3e2", "forgotten": "#fae3e0", "mixed": "#ececec"}
+# learn / unlearn markers stay neutral: rl-gem and rl-agem already own green and red
+LEARN_LINE = "#3a3a3a"
+UNLEARN_LINE = "#3a3a3a"
 CHANCE_COLOR = "#555555"
 
 _LINESTYLES = ["-", "--", "-.", ":"]
@@ -80,10 +81,11 @@ def run_labels(runs: list[tuple[str, str, str]]) -> list[str]:
     return labels
 
 
-def op_ticks(ax, labels: list[str], width_in: float, show_labels: bool = True, fontsize: float = 8) -> None:
+def op_ticks(ax, labels: list[str], width_in: float, show_labels: bool = True, fontsize: float = 8,
+             minor: bool = True) -> None:
     """Operation labels on the x axis of ``ax`` (``width_in`` inches wide): all of
     them horizontally when they fit, else rotated and thinned to every n-th op
-    (minor ticks keep marking every op)."""
+    (with ``minor``, minor ticks keep marking every op)."""
     n = len(labels)
     longest = max((len(s) for s in labels), default=2)
     per_inch_flat = 72.0 / (fontsize * 0.62 * (longest + 1.5))  # labels per inch, horizontal
@@ -95,7 +97,8 @@ def op_ticks(ax, labels: list[str], width_in: float, show_labels: bool = True, f
         rotation = 90
     ticks = list(range(0, n, step))
     ax.set_xticks(ticks)
-    ax.set_xticks(range(n), minor=True)
+    if minor and step > 1:
+        ax.set_xticks(range(n), minor=True)
     ax.set_xlim(-0.5, n - 0.5)
     if show_labels:
         ax.set_xticklabels([labels[i] for i in ticks], rotation=rotation, fontsize=fontsize,
