@@ -1,0 +1,143 @@
+"""A launch from start to end: register the run, run its seeds, write the results."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import NotFound, UsageError
+from .options import Plan
+from .progress import Display
+from .results import collect, make_plots, write_results
+from .runner import Runner
+
+EXIT_OK, EXIT_FAILED, EXIT_SIGTERM, EXIT_SIGINT = 0, 1, 143, 130
+
+
+@dataclass
+class LaunchOutcome:
+    run: str
+    out: Path | None
+    exit_code: int
+    failed: dict[int, str] = field(default_factory=dict)  # seed -> one-line error
+    complete: list[int] = field(default_factory=list)
+    incomplete: list[int] = field(default_factory=list)
+    stopped: bool = False
+
+
+def register_run(store, plan: Plan) -> None:
+    """Write ``runs/<run>/config`` (or check that the stored one is the same run)."""
+    ref = f"runs/{plan.run}/config"
+    obj = plan.run_object()
+    existing = store.get_ref(ref)
+    if existing is not None:
+        old = store.get_json(existing)
+        if old.get("config") != obj["config"] or old.get("sequence") != obj["sequence"]:
+            diff = sorted(k for k in set(old.get("config", {})) | set(obj["config"])
+                          if old.get("config", {}).get(k) != obj["config"].get(k))
+            what = f"options {', '.join(diff)}" if diff else f"sequence {old.get('sequence')}"
+            raise UsageError(f"run {plan.run} already exists in the store with different {what}",
+                             f"pick another --name, or continue it with `cluctl launch --resume {plan.run}`")
+    oid = store.put_json(obj)
+    if existing != oid:
+        store.set_ref(ref, oid)
+
+
+def jobs_for(plan: Plan) -> list[dict]:
+    return [{
+        "run": plan.run, "seed": seed, "config": plan.config, "sequence": plan.sequence, "device": device,
+        "threads": plan.threads, "impl": plan.impl, "precision": plan.precision, "store": plan.store,
+        "data_root": plan.data_root, "download": plan.download, "mia": plan.mia,
+    } for seed, device in plan.assignments()]
+
+
+def _needs_work(store, plan: Plan, seed: int) -> bool:
+    from ..sequences import resolve_sequence
+    from .worker import completed_prefix
+
+    n = len(resolve_sequence(plan.sequence, plan.n_tasks, seed))
+    ids = completed_prefix(store, plan.run, seed)
+    if len(ids) < n:
+        return True
+    return plan.mia and any(store.get_json(i).get("mia") is None for i in ids[:n])
+
+
+def aggregate(plan: Plan, store, console: Console, complete_only_ok: bool = True) -> LaunchOutcome:
+    """Rebuild the results folder from the store (``--aggregate-only``)."""
+    from .options import _stored_run
+
+    run_obj = _stored_run(store, plan.run)
+    complete, incomplete = collect(store, run_obj, plan.seeds)
+    if not complete:
+        raise NotFound(
+            f"no seed of run {plan.run} has finished all its operations "
+            f"(seeds {', '.join(map(str, plan.seeds))})",
+            f"run `cluctl launch --resume {plan.run}` (with the seeds) to finish them",
+        )
+    if incomplete and not plan.quiet:
+        console.print(f"warning: seeds {', '.join(map(str, incomplete))} of run {plan.run} are not finished; "
+                      f"the results cover seeds {', '.join(map(str, complete))}", markup=False, soft_wrap=True)
+    have_mia = all(r.get("mia") is not None for res in complete.values() for r in res)
+    if plan.mia and not have_mia and not plan.quiet:
+        console.print(f"warning: some operations of run {plan.run} have no MIA results; compute them with "
+                      f"`cluctl launch --resume {plan.run} --mia`", markup=False, soft_wrap=True)
+    mia = plan.mia or have_mia
+    out = write_results(plan.out, run_obj, complete, mia=mia)
+    if plan.plots:
+        make_plots(out)
+    return LaunchOutcome(plan.run, out, EXIT_OK, complete=list(complete), incomplete=incomplete)
+
+
+def execute(plan: Plan, store=None, console: Console | None = None, live: bool | None = None) -> LaunchOutcome:
+    """Run a plan: every seed's remaining operations (spawned processes), then the results.
+    Returns the outcome; its ``exit_code`` is 0, 1 (a seed failed), 143 (SIGTERM) or 130."""
+    from ..api import open_store
+    from ..cli.common import err
+
+    console = console or err
+    st = store if store is not None else open_store(plan.store)
+    st.clean_temp()
+    if plan.aggregate_only:
+        return aggregate(plan, st, console)
+    register_run(st, plan)
+    if not plan.quiet:
+        devs = ",".join(plan.devices)
+        console.print(
+            f"run {plan.run}: sequence {plan.sequence}, {plan.config['algo']}, {plan.config['dataset']} "
+            f"({plan.n_tasks} tasks), {plan.config['model']} width {plan.config['width']}; "
+            f"seeds {', '.join(map(str, plan.seeds))} on {devs} ({plan.per_device} per device, "
+            f"{plan.threads} thread(s) each); store {plan.store}",
+            markup=False, highlight=False, soft_wrap=True)
+    jobs = [j for j in jobs_for(plan) if _needs_work(st, plan, j["seed"])]
+    result = None
+    if jobs:
+        with Display(console, [(j["seed"], j["device"]) for j in jobs], live=live, quiet=plan.quiet) as display:
+            runner = Runner(jobs, plan.per_device, display)
+            result = runner.run()
+    elif not plan.quiet:
+        console.print(f"run {plan.run}: every operation of every seed is already done", markup=False)
+
+    failed = {o.seed: o.error or "failed" for o in (result.failed if result else [])}
+    if result is not None and result.stop_signal is not None:
+        code = EXIT_SIGINT if result.stop_signal == signal.SIGINT else EXIT_SIGTERM
+        if not plan.quiet:
+            console.print(f"stopped ({signal.Signals(result.stop_signal).name}); finished operations are in the "
+                          f"store: resume with `cluctl launch --resume {plan.run}` or the same command",
+                          markup=False, soft_wrap=True)
+        return LaunchOutcome(plan.run, None, code, failed=failed, stopped=True)
+
+    run_obj = plan.run_object()
+    complete, incomplete = collect(st, run_obj, plan.seeds)
+    out = None
+    if complete:
+        out = write_results(plan.out, run_obj, complete, mia=plan.mia)
+        if plan.plots:
+            make_plots(out)
+    code = EXIT_FAILED if failed or incomplete else EXIT_OK
+    if incomplete and complete and not plan.quiet:
+        console.print(f"warning: the results cover seeds {', '.join(map(str, complete))} only",
+                      markup=False, soft_wrap=True)
+    return LaunchOutcome(plan.run, out, code, failed=failed, complete=list(complete), incomplete=incomplete)

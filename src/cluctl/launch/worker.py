@@ -1,0 +1,290 @@
+"""One seed of a run: resume from its last finished operation, then learn/unlearn the rest.
+
+Store layout of a seed (``P = runs/<run>/seed-<s>``)::
+
+    P/init      -> the initial checkpoint
+    P/op-007    -> the op-result of operation 7 (JSON):
+                   {"type": "op-result", "run", "seed", "index", "op", "checkpoint": <id>,
+                    "eval": {"test_acc": [...], "test_conf", "train_acc", "train_conf"},
+                    "summary": {engine summary: steps, wall_s (training), ...; eval_s, save_s,
+                                mia_s, op_wall_s (all of it)},
+                    "mia": [rows] or null, "execution": {device, threads, impl, precision, host}}
+
+The op-result is written after its checkpoint and its ref after both, so a ref means the
+operation is complete. :func:`run_seed` runs in a spawned process (:func:`worker_main`) or
+in-process; the results are the same for the same seed, options, device and threads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any, Callable
+
+from ..errors import CluctlError, UsageError
+
+OP_RESULT_FORMAT = 1
+EXIT_STOPPED = 3
+MATRICES = ("test_acc", "test_conf", "train_acc", "train_conf")
+_PROGRESS_INTERVAL_S = 0.2
+
+
+class Stopped(Exception):
+    """Raised at a safe point when the launch was asked to stop (SIGTERM/SIGINT)."""
+
+
+def seed_prefix(run: str, seed: int) -> str:
+    return f"runs/{run}/seed-{seed}"
+
+
+def op_ref(run: str, seed: int, index: int) -> str:
+    return f"{seed_prefix(run, seed)}/op-{index:03d}"
+
+
+def finished_ops(store, run: str, seed: int) -> dict[int, str]:
+    """{op index: op-result id} for the seed's finished operations."""
+    prefix = seed_prefix(run, seed) + "/op-"
+    out = {}
+    for name, oid in store.list_refs(prefix).items():
+        tail = name[len(prefix):]
+        if tail.isdigit():
+            out[int(tail)] = oid
+    return out
+
+
+def completed_prefix(store, run: str, seed: int) -> list[str]:
+    """Op-result ids of operations 0, 1, ... while they are contiguous."""
+    done = finished_ops(store, run, seed)
+    ids = []
+    while len(ids) in done:
+        ids.append(done[len(ids)])
+    return ids
+
+
+def _clean(values) -> list:
+    return [None if (v is None or (isinstance(v, float) and not math.isfinite(v))) else float(v) for v in values]
+
+
+def compute_mia(state, seed: int) -> list[dict]:
+    """SPEC §7 MIAs after an operation, for every task seen so far: the loss attack
+    (members = the task's training samples, non-members = its test samples) and, for
+    forgotten tasks, MIA-efficacy (retain = the currently learned tasks)."""
+    import numpy as np
+
+    from ..data import task_indices
+    from ..engine import per_sample_losses
+    from ..metrics import mia_efficacy, mia_loss_attack
+
+    ds = state.dataset
+    cache: dict[int, tuple] = {}
+
+    def stats(t: int):
+        if t not in cache:
+            cls = state.classes(t)
+            tr = task_indices(ds.y_train, cls)
+            te = task_indices(ds.y_test, cls)
+            l_tr, c_tr = per_sample_losses(state, tr, t, "train")
+            l_te, c_te = per_sample_losses(state, te, t, "test")
+            cache[t] = (l_tr, c_tr, l_te, c_te)
+        return cache[t]
+
+    rows: list[dict] = []
+    seen = [t for t in range(state.n_tasks) if state.status(t) != "unseen"]
+    for t in seen:
+        status = state.status(t)
+        l_tr, c_tr, l_te, _ = stats(t)
+        row = {"task": t, "status": status, "attack": "loss", "members": "train",
+               "acc": None, "auc": None, "cv_acc": None, "efficacy": None}
+        try:
+            r = mia_loss_attack(l_tr, l_te, seed=seed)
+            row.update(acc=r["acc"], auc=r["auc"], cv_acc=r["cv_acc"])
+        except UsageError as e:  # too few samples: keep a row saying so
+            row["error"] = str(e)
+        rows.append(row)
+    if state.learned:
+        ret_tr = np.concatenate([stats(j)[1] for j in state.learned])
+        ret_te = np.concatenate([stats(j)[3] for j in state.learned])
+        for t in seen:
+            if state.status(t) != "forgotten":
+                continue
+            row = {"task": t, "status": "forgotten", "attack": "efficacy", "members": "retain-train",
+                   "acc": None, "auc": None, "cv_acc": None, "efficacy": None}
+            try:
+                row["efficacy"] = mia_efficacy(ret_tr, ret_te, stats(t)[1], seed=seed)
+            except UsageError as e:
+                row["error"] = str(e)
+            rows.append(row)
+    for row in rows:
+        for k in ("acc", "auc", "cv_acc", "efficacy"):
+            if row[k] is not None:
+                row[k] = float(row[k])
+    return rows
+
+
+def _autocast(device, precision: str):
+    import contextlib
+
+    import torch
+
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> dict:
+    """Run (or finish) one seed. ``job``: run, seed, config, sequence, device, threads,
+    impl, precision, store, data_root, download, mia. ``report(msg)`` gets progress
+    tuples; ``should_stop()`` is polled at safe points (raises :class:`Stopped`).
+    Returns {"seed", "ops", "done": n, "ran": n}."""
+    import torch
+
+    from ..api import scores_provider
+    from ..engine import evaluate_state, learn_task, load_state, new_state, save_state, unlearn_task
+    from ..sequences import resolve_sequence
+    from ..store import Store
+
+    report = report or (lambda msg: None)
+    should_stop = should_stop or (lambda: False)
+    seed, run = int(job["seed"]), job["run"]
+    threads = int(job["threads"])
+    torch.set_num_threads(threads)
+    store = Store.open(job["store"])
+    cfg = dict(job["config"])
+    ops = resolve_sequence(job["sequence"], int(cfg["tasks"]), seed)
+    labels = [str(o) for o in ops]
+    n = len(ops)
+    prefix = seed_prefix(run, seed)
+    done_ids = completed_prefix(store, run, seed)
+    done = min(len(done_ids), n)
+    report(("start", seed, done, n, labels[done] if done < n else None))
+    execution = {"device": job["device"], "threads": threads, "impl": job["impl"], "precision": job["precision"],
+                 "host": socket.gethostname()}
+    common = dict(device=job["device"], data_root=job.get("data_root"), download=bool(job.get("download")),
+                  threads=threads)
+
+    if job.get("mia"):  # MIA for operations finished before --mia was asked for
+        for i, rid in enumerate(done_ids[:done]):
+            res = store.get_json(rid)
+            if res.get("mia") is None:
+                if should_stop():
+                    raise Stopped()
+                report(("status", seed, f"MIA for op {i + 1}/{n} {labels[i]}"))
+                t0 = time.perf_counter()
+                st = load_state(store, res["checkpoint"], **common)
+                res["mia"] = compute_mia(st, seed)
+                res.setdefault("summary", {})["mia_s"] = round(time.perf_counter() - t0, 4)
+                store.set_ref(op_ref(run, seed, i), store.put_json(res))
+
+    if done >= n:
+        report(("done", seed, n, n))
+        return {"seed": seed, "ops": labels, "done": n, "ran": 0}
+
+    if done > 0:
+        last = store.get_json(done_ids[done - 1])
+        state = load_state(store, last["checkpoint"], **common)
+        if state.history != labels[:done]:
+            raise UsageError(
+                f"seed {seed} of run {run}: its checkpoint after op {done} has history "
+                f"{' '.join(state.history)}, expected {' '.join(labels[:done])}",
+                f"the store's refs under {prefix}/ are inconsistent; delete them to redo the seed",
+            )
+    else:
+        init = store.get_ref(f"{prefix}/init")
+        if init is not None:
+            state = load_state(store, init, **common)
+        else:
+            state = new_state(dict(cfg, seed=seed), **common)
+            store.set_ref(f"{prefix}/init", save_state(store, state, "init"))
+    scores_fn = scores_provider(store, state.config)
+    ucfg = {k: cfg[k] for k in cfg if k in _unlearn_keys()}
+
+    for i in range(done, n):
+        if should_stop():
+            raise Stopped()
+        op = ops[i]
+        label = labels[i]
+        report(("op", seed, i, n, label))
+        last_sent = [0.0]
+
+        def progress(steps: int, total: int, msg: str = "", _i=i) -> None:
+            if should_stop():
+                raise Stopped()
+            now = time.monotonic()
+            if now - last_sent[0] >= _PROGRESS_INTERVAL_S or steps >= total:
+                last_sent[0] = now
+                report(("step", seed, _i, steps, total, msg))
+
+        t0 = time.perf_counter()
+        with _autocast(state.device, job["precision"]):
+            if op.kind == "L":
+                summary = learn_task(state, op.task, progress=progress, scores_fn=scores_fn, impl=job["impl"])
+            else:
+                summary = unlearn_task(state, op.task, ucfg, progress=progress, impl=job["impl"])
+        t1 = time.perf_counter()
+        ck = save_state(store, state, label)
+        t2 = time.perf_counter()
+        ev = evaluate_state(state)
+        t3 = time.perf_counter()
+        mia = compute_mia(state, seed) if job.get("mia") else None
+        t4 = time.perf_counter()
+        summary = dict(summary)
+        summary.update(save_s=round(t2 - t1, 4), eval_s=round(t3 - t2, 4),
+                       mia_s=round(t4 - t3, 4) if mia is not None else None, op_wall_s=round(t4 - t0, 4))
+        result = {
+            "type": "op-result", "format": OP_RESULT_FORMAT, "run": run, "seed": seed, "index": i, "op": label,
+            "checkpoint": ck, "eval": {k: _clean(ev[k].tolist()) for k in MATRICES},
+            "summary": summary, "mia": mia, "execution": execution,
+        }
+        store.set_ref(op_ref(run, seed, i), store.put_json(result))
+        report(("op-done", seed, i, n, label, summary))
+    report(("done", seed, n, n - done))
+    return {"seed": seed, "ops": labels, "done": n, "ran": n - done}
+
+
+def _unlearn_keys():
+    from .. import config as C
+
+    return tuple(C.UNLEARN_DEFAULTS)
+
+
+def worker_main(job: dict[str, Any], queue, stop_event, parent_pid: int | None = None) -> None:
+    """Entry point of a spawned seed process. SIGTERM/SIGINT are ignored here: the parent
+    sets ``stop_event`` and the worker stops at the next safe point (between training
+    steps or operations; nothing half-done is ever referenced). A worker whose parent
+    died stops too."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by the parent around the spawn
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    seed = job["seed"]
+    code = 0
+
+    def should_stop() -> bool:
+        return stop_event.is_set() or (parent_pid is not None and os.getppid() != parent_pid)
+
+    try:
+        run_seed(job, report=queue.put, should_stop=should_stop)
+    except Stopped:
+        queue.put(("stopped", seed))
+        code = EXIT_STOPPED
+    except CluctlError as e:
+        queue.put(("error", seed, str(e)))
+        code = 1
+    except Exception as e:  # an internal failure: one line for the parent, traceback on request
+        if os.environ.get("CLUCTL_DEBUG") not in (None, "", "0"):
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        text = " ".join(str(e).split())[:300]
+        queue.put(("error", seed, f"internal error: {type(e).__name__}: {text} (set CLUCTL_DEBUG=1 for the traceback)"))
+        code = 1
+    queue.close()
+    queue.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
