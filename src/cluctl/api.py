@@ -80,7 +80,8 @@ def learn(task: int, from_ref: str | None = None, store=None, device: str | None
           threads: int | None = None, progress=None, **options: Any) -> OpResult:
     """Learn ``task``; returns the new checkpoint (``.id``) and a summary."""
     st = open_store(store)
-    impl = C.validate_execution({"impl": impl})["impl"]
+    ex = C.validate_execution({"impl": impl, "threads": threads})  # --threads -1: one line, not a torch error
+    impl, threads = ex["impl"], ex.get("threads")
     opts = {k: v for k, v in options.items() if v is not None}
     if "algo" in opts:
         opts["learn_algo"] = opts.pop("algo")
@@ -94,6 +95,11 @@ def learn(task: int, from_ref: str | None = None, store=None, device: str | None
     else:
         state = new_state(run_config(**run, **learn_opts), device=device, data_root=data_root,
                           download=download, threads=threads)
+        if state.config.get("mem_scores"):
+            # a bad --mem-scores must fail before the initial checkpoint is written
+            from .buffers.memorization import load_scores
+
+            load_scores(st, state.config["mem_scores"], dataset=state.dataset)
         root = save_state(st, state, "init")
         _checkpoint_ref(st, root)
     summary = learn_task(state, task, progress=progress, scores_fn=scores_provider(st, state.config), impl=impl)
@@ -107,7 +113,8 @@ def unlearn(task: int, from_ref: str, store=None, device: str | None = None, dat
             step_hook=None, **options: Any) -> OpResult:
     """Unlearn ``task`` from checkpoint ``from_ref``; returns the new checkpoint and a summary."""
     st = open_store(store)
-    impl = C.validate_execution({"impl": impl})["impl"]
+    ex = C.validate_execution({"impl": impl, "threads": threads})
+    impl, threads = ex["impl"], ex.get("threads")
     opts = {k: v for k, v in options.items() if v is not None}
     unknown = set(opts) - set(C.UNLEARN_DEFAULTS)
     if unknown:

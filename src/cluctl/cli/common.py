@@ -37,8 +37,10 @@ def open_store(path: Optional[str], must_exist: bool = False):
 
 @contextmanager
 def progress_bar(enabled: bool = True, description: str = "working"):
-    """Yields a callback (done, total, message) that drives a rich bar on stderr."""
-    if not enabled:
+    """Yields a callback (done, total, message) that drives a rich bar on stderr (only
+    when stderr is a terminal: on a pipe or file rich draws nothing but still writes a
+    stray newline, which would break the one-line error contract)."""
+    if not enabled or not err.is_terminal:
         yield lambda done, total, msg="": None
         return
     prog = Progress(

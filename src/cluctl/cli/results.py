@@ -58,7 +58,14 @@ def evaluate_results(folder: str, as_json: bool = False, as_csv: bool = False) -
         summary = json.loads(sfile.read_text())
     except (OSError, ValueError) as e:
         raise UsageError(f"{sfile} cannot be read: {e}") from None
-    rows = _per_op(path, summary)
+    if not isinstance(summary, dict):
+        raise UsageError(f"{sfile} is not a launch summary (a JSON object)", "re-run the launch or restore the file")
+    try:
+        rows = _per_op(path, summary)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:  # a missing or damaged table
+        what = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UsageError(f"{folder} is an incomplete or damaged launch results folder ({type(e).__name__}: {what})",
+                         "rebuild it with `cluctl launch --aggregate-only --resume RUN`") from None
     final = summary.get("mean", {})
     if as_json:
         print_json({"run": summary.get("run"), "per_op": rows,

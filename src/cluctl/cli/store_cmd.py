@@ -219,8 +219,8 @@ def gc(
 
     Example: cluctl store gc --dry-run
     """
-    if grace < 0:
-        raise UsageError(f"--grace must be >= 0, got {grace}")
+    if not grace >= 0:  # also refuses nan, which would otherwise spare nothing
+        raise UsageError(f"--grace must be a number of seconds >= 0, got {grace}")
     st = open_store(store, must_exist=True)
     rep = st.gc(dry_run=dry_run, grace_s=grace)
     for oid in rep.removed:

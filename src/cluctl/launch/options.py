@@ -257,6 +257,16 @@ def dataset_meta(spec: Any, data_root: str | None = None, download: bool = False
     text = spec.strip()
     if text.lower() in _KNOWN_DATASETS:
         classes, tasks = _KNOWN_DATASETS[text.lower()]
+        if text.lower().startswith("cifar") and not download:
+            # fail here, before anything is registered in the store, not in every worker
+            from ..data.cifar import _missing, _not_found, cifar_info
+            from ..data.datasets import default_data_root
+
+            info = cifar_info(text.lower())
+            root = default_data_root(data_root)
+            missing = _missing(root, info)
+            if missing:
+                raise _not_found(root, info, missing)
         return text.lower(), classes, tasks
     from ..data import load_dataset
 

@@ -137,6 +137,31 @@ def _stats(values: list[Any]) -> tuple[Any, Any]:
     return float(arr.mean()), float(arr.std())
 
 
+def clean_dead_temp_files(folder: Path) -> None:
+    """Remove ``.<name>.<host>.<pid>.<hex>.tmp`` files left by killed writers on this host."""
+    host = socket.gethostname()
+    for f in list(folder.glob(".*.tmp")) + list(folder.glob("*/.*.tmp")):
+        parts = f.name.split(".")
+        try:
+            pid = int(parts[-3])
+        except (IndexError, ValueError):
+            continue
+        if f".{host}.{pid}." not in f.name:
+            continue
+        try:
+            os.kill(pid, 0)
+            if pid != os.getpid():
+                continue  # its writer is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            f.unlink()
+        except OSError:
+            pass
+
+
 def write_results(out: str | os.PathLike, run_obj: dict, per_seed: dict[int, list[dict]], mia: bool = False,
                   provenance_extra: dict | None = None) -> Path:
     """Write the results folder for the complete seeds in ``per_seed`` (seed order kept)."""
@@ -146,6 +171,7 @@ def write_results(out: str | os.PathLike, run_obj: dict, per_seed: dict[int, lis
         raise NotFound(f"no finished seed to write results for run {run_obj['run']}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    clean_dead_temp_files(out)
     seeds = list(per_seed)
     n_tasks = int(run_obj["n_tasks"])
     k = int(run_obj["k"])

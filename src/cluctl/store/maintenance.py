@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from cluctl.errors import CorruptObject, StoreError
+from cluctl.errors import CorruptObject, StoreError, UsageError
 from cluctl.store.checkpoint import header_length, sniff_checkpoint_meta
 from cluctl.store.core import GcReport, Problem, Store, VerifyResult, is_oid
 
@@ -184,6 +184,8 @@ def gc(store: Store, dry_run: bool = False, grace_s: float = 3600) -> GcReport:
     """Remove objects unreachable from refs. Objects younger than ``grace_s`` (mtime) are
     spared, and so is everything they link to (a writer may be about to point a ref at
     them). A corrupt ref makes gc refuse (CorruptObject) rather than guess."""
+    if not grace_s >= 0:  # nan would spare nothing
+        raise UsageError(f"gc grace period must be a number of seconds >= 0, got {grace_s}")
     refs = store.list_refs()
     stats: dict[str, os.stat_result] = {}
     for oid in store.iter_objects():
