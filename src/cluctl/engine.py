@@ -11,6 +11,7 @@ seed, operation index) (:func:`op_generator`), so an operation replays identical
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from . import faults
 from .buffers.selection import buffer_size, select_random, select_ranked
 from .data import Dataset, class_order, load_dataset, task_classes, task_indices
 from .errors import CluctlError, NotFound, UsageError
-from .grads import TaskBatch, apply_update, batch_grad, masked_ce, param_list, reference_mode
+from .grads import TaskBatch, apply_update, batch_grad, forward_precision, masked_ce, param_list, reference_mode
 from .learning import RefContext
 from .learning import get as get_learn_algo
 from .models import build_model
@@ -123,6 +124,21 @@ def _task_batch(state: State, task: int, indices) -> TaskBatch:
     return TaskBatch(x_tr[idx], lut[y_tr[idx]], torch.tensor(cls, device=state.device))
 
 
+def _with_precision(op):
+    """Adds ``precision=`` to an operation (default: ``state.execution["precision"]``, else
+    fp32). ``bf16`` runs the training forward passes under autocast (CUDA only)."""
+
+    @functools.wraps(op)
+    def run(state: State, task: int, *args, precision: str | None = None, **kwargs):
+        prec = precision or state.execution.get("precision") or "fp32"
+        if prec == "bf16" and state.device.type != "cuda":
+            raise UsageError("--precision bf16 needs a CUDA device", "use --precision fp32 or a GPU (--device cuda)")
+        with forward_precision(prec):
+            return op(state, task, *args, **kwargs)
+
+    return run
+
+
 def check_task(state: State, task: int) -> int:
     try:
         t = int(task)
@@ -192,6 +208,7 @@ def new_state(cfg: dict, device: str | None = None, data_root: str | None = None
 ScoresFn = Callable[["State"], tuple[np.ndarray, str | None]]
 
 
+@_with_precision
 def learn_task(state: State, task: int, progress: ProgressFn | None = None,
                scores_fn: ScoresFn | None = None, impl: str = "fast") -> dict:
     """Learn ``task`` with the configured algorithm (SPEC §2), then fill its buffers (§5)."""
@@ -306,6 +323,7 @@ def _accuracy(state: State, batch: TaskBatch) -> float:
     return acc
 
 
+@_with_precision
 def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: ProgressFn | None = None,
                  impl: str = "fast", step_hook: Callable | None = None) -> dict:
     """Forget ``task`` (SPEC §3). ``ucfg`` overrides the unlearning options of the state's
@@ -421,7 +439,10 @@ def _logits(model, x: torch.Tensor, batch: int = 2048) -> torch.Tensor:
     out = []
     with torch.inference_mode():
         for s in range(0, len(x), batch):
-            out.append(model(x[s : s + batch]))
+            xb = x[s : s + batch]
+            if xb.dim() == 4:  # channels-last: 1.5x faster CIFAR-shaped evaluation on CPU (mkldnn)
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            out.append(model(xb))
     return torch.cat(out) if out else torch.zeros(0)
 
 

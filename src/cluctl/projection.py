@@ -23,6 +23,8 @@ Two implementations share one interface (``impl``):
   relative when the Gram matrix is rank deficient, e.g. t=19, p=10; float64
   agrees to ~1e-8), ships only those small arrays to the host, solves there,
   and forms ``x = g + G^T v`` on the device in float64 before casting back.
+  On CPU the float64 work runs over cache-sized column blocks of ``G`` (no
+  float64 copy of all of ``G``); ``G G^T`` is only formed when the QP is solved.
 """
 
 from __future__ import annotations
@@ -146,6 +148,8 @@ def _classic(g, G, margin, eps, tol):
 
 def _fast(g, G, margin, eps, tol):
     """Device path: only the t x t Gram, G g (t) and v (t) cross to the host."""
+    if _blocked(G):
+        return _fast_blocked(g, G, margin, eps, tol)
     G64 = G.to(torch.float64)
     g64 = g.to(torch.float64)
     Gg = G64 @ g64
@@ -155,6 +159,54 @@ def _fast(g, G, margin, eps, tol):
     v, eps_used = solve_dual_from_gram(gram.cpu().numpy(), Gg.cpu().numpy(), margin, eps)
     x = g64 + G64.T @ torch.from_numpy(v).to(G64.device)
     return x.to(g.dtype), v, eps_used
+
+
+# CPU: float64 work on column blocks of G that stay in cache, instead of one float64 copy
+# of all of G (measured at p = 1.1M, t = 19 on a 2-core Xeon: the full copy alone takes
+# ~100 ms, about as long as the whole blocked projection; results agree to ~1e-15).
+_BLOCK_BYTES = 1 << 20
+_BLOCK_MIN_NUMEL = 1 << 16
+
+
+def _blocked(G: torch.Tensor) -> bool:
+    return G.device.type == "cpu" and G.dtype != torch.float64 and G.numel() >= _BLOCK_MIN_NUMEL
+
+
+def _blocks(G: torch.Tensor):
+    t, p = G.shape
+    width = max(1024, _BLOCK_BYTES // (8 * max(1, t)))
+    buf = torch.empty(t, min(width, p), dtype=torch.float64)
+    for s in range(0, p, width):
+        w = min(width, p - s)
+        b = buf[:, :w]
+        b.copy_(G[:, s : s + w])
+        yield s, w, b
+
+
+def _fast_blocked(g, G, margin, eps, tol):
+    t = G.shape[0]
+    g64 = g.to(torch.float64)
+    Gg = torch.zeros(t, dtype=torch.float64)
+    gram = None
+    if tol is None:  # the QP is solved anyway: one pass for G g and the Gram matrix
+        gram = torch.zeros(t, t, dtype=torch.float64)
+        for s, w, b in _blocks(G):
+            Gg.addmv_(b, g64[s : s + w])
+            gram.addmm_(b, b.T)
+    else:
+        for s, w, b in _blocks(G):
+            Gg.addmv_(b, g64[s : s + w])
+        if not bool((Gg < -tol).any()):
+            return None
+        gram = torch.zeros(t, t, dtype=torch.float64)
+        for _s, _w, b in _blocks(G):
+            gram.addmm_(b, b.T)
+    v, eps_used = solve_dual_from_gram(gram.numpy(), Gg.numpy(), margin, eps)
+    v_t = torch.from_numpy(v)
+    x = torch.empty_like(g)
+    for s, w, b in _blocks(G):
+        x[s : s + w] = torch.addmv(g64[s : s + w], b.T, v_t)
+    return x, v, eps_used
 
 
 def _project(g, G, margin, eps, impl, tol):

@@ -1,0 +1,484 @@
+"""End-to-end runs: classic vs fast wall time, peak memory and accuracy; GPU budget runs.
+
+    python benchmarks/bench_run.py a4                           # digits, A4, seeds 0..2, classic vs fast
+    python benchmarks/bench_run.py a4 --model mlp --width 100
+    python benchmarks/bench_run.py a4 --dataset cifar-synth --samples-per-task 100 --tasks 5
+    python benchmarks/bench_run.py budget --device cuda --budget-s 150 --step-json bench_step.json
+    python benchmarks/bench_run.py seeds --device cuda --seeds 3
+
+``a4``: sequence A4 for every seed and impl, each run in a fresh subprocess (its wall time
+and its peak RSS, ``RUSAGE_CHILDREN`` of a wrapper process, i.e. the largest process of the
+run), impls alternated per seed. ``--driver launch`` (default) runs ``cluctl launch --sequence
+A4 --seed-list S --impl I`` (the results' ``summary.json`` gives ACC = mean test accuracy
+after the learning prefix, and the final retained accuracy); ``--driver engine`` runs the
+same operations through ``cluctl.engine`` directly (new_state, learn_task/unlearn_task,
+evaluate_state after every op, ACC via ``cluctl.metrics.acc_bwt``). All runs of one
+invocation share one store, so the memorization proxy for ranked buffers (the defaults
+least/most) is computed once per seed before any timing (by a ``cluctl learn --epochs 1``
+of task 0 per seed, untimed). ``cifar-synth`` is a CIFAR-shaped uint8 dataset with a
+learnable class signal (``bench_step.make_synthetic_npz``), 5 classes per task.
+
+``budget``: the thesis-scale CIFAR-shaped A4 (20 tasks x 2,500 samples, 3 epochs, batch 10,
+256 memories, resnet18 nf 20; random buffers, so no proxy training) through the engine
+in this process, stopped after ``--budget-s``; every step is timed. The full run is then
+extrapolated as
+
+    total = sum_{i=0..N-1} S_L * t_L(i)  +  sum_{f=N-1..1} S_U * t_U(f)  +  (2N-1) * t_eval
+
+with S_L = epochs * (samples per task // batch) learn steps per task, t_L(T) = a + b T the
+least-squares line through the measured per-step medians (learn ops of this run, plus the
+``fast`` learn rows of a ``bench_step --json`` file if given), t_U(T) the same from the
+``bench_step`` unlearn rows (else t_L), S_U the steps of an unlearn op (unknown before the
+run: reported for one pass, ceil(memories / unlearn batch), and for the 48-pass maximum),
+and t_eval the measured evaluation time per op (train + test sets).
+
+``seeds``: ``cluctl launch`` of a short sequence with 3 seeds at ``--per-device 3`` on one
+device vs 1 seed; prints both walls and the ratio (3-seed wall / 1-seed wall; 1.0 would be
+perfect sharing, 3.0 none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_step import make_synthetic_npz  # noqa: E402
+
+CLI = [sys.executable, "-m", "cluctl.cli.main"]
+
+
+def _env(threads: int | None) -> dict:
+    e = dict(os.environ)
+    src = str(HERE.parent / "src")
+    e["PYTHONPATH"] = src + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    if threads:
+        e["OMP_NUM_THREADS"] = str(threads)
+    return e
+
+
+def dataset_spec(a, workdir: Path) -> str:
+    if a.dataset == "digits":
+        return "digits"
+    if a.dataset != "cifar-synth":
+        return a.dataset
+    k = 5
+    path = workdir / f"cifar_synth_{a.tasks}x{a.samples_per_task}.npz"
+    if not path.exists():
+        make_synthetic_npz(path, classes=k * a.tasks, train_per_class=a.samples_per_task // k,
+                           test_per_class=max(2, a.samples_per_task // (5 * k)), seed=12345)
+    return f"npz:{path}"
+
+
+def _common_opts(a, ds: str, epochs: int | None = None) -> list[str]:
+    out = ["--dataset", ds, "--model", a.model]
+    if a.width:
+        out += ["--width", str(a.width)]
+    if a.dataset != "digits" and a.tasks:
+        out += ["--tasks", str(a.tasks)]
+    for flag, val in (("--epochs", epochs or a.epochs), ("--memories", a.memories),
+                      ("--learn-buffer-type", a.learn_buffer_type),
+                      ("--unlearn-buffer-type", a.unlearn_buffer_type)):
+        if val is not None:
+            out += [flag, str(val)]
+    return out
+
+
+# ---------------------------------------------------------------- measuring wrapper
+
+
+def measure(cmd: list[str], env: dict, timeout: float | None = None) -> dict:
+    """Run ``cmd`` in a fresh wrapper process: wall time and the peak RSS of its largest process."""
+    wrapper = [sys.executable, str(Path(__file__).resolve()), "_measure", "--", *cmd]
+    p = subprocess.run(wrapper, capture_output=True, text=True, env=env, timeout=timeout)
+    if p.returncode:
+        raise RuntimeError(f"measure wrapper failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _measure_main(cmd: list[str]) -> int:
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if p.returncode:
+        sys.stderr.write(p.stdout[-2000:] + p.stderr[-4000:])
+    print(json.dumps({"rc": p.returncode, "wall_s": wall, "peak_rss_mb": peak, "stdout": p.stdout[-4000:]}))
+    return 0
+
+
+# ---------------------------------------------------------------- a4
+
+
+def _prewarm(a, ds, store, seeds, env):
+    """Compute the memorization proxy of each seed once (cached in the shared store)."""
+    if a.learn_buffer_type in ("first", "random") and a.unlearn_buffer_type in ("same", "first", "random"):
+        return
+    for s in seeds:
+        cmd = CLI + ["learn", "--task", "0", "--seed", str(s), "--store", str(store), "-q", "--device",
+                     a.device.split(",")[0]] + _common_opts(a, ds, epochs=1)
+        if a.threads:
+            cmd += ["--threads", str(a.threads)]
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if p.returncode:
+            raise RuntimeError(f"prewarm failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
+        print(f"  (seed {s}: memorization proxy cached in the shared store, {time.perf_counter() - t0:.1f} s, untimed)",
+              flush=True)
+
+
+def run_launch(a, ds, store, seed, impl, precision, workdir, env, tag="a4", sequence="A4", extra=()):
+    name = f"bench-{tag}-{impl}-{precision}-s{seed}-{int(time.time() * 1000) % 10**8}"
+    out = workdir / name
+    cmd = CLI + ["launch", "--sequence", sequence, "--seed-list", str(seed), "--name", name, "--impl", impl,
+                 "--precision", precision, "--devices", a.device, "--store", str(store), "--out", str(out),
+                 "--no-plots", "-q"] + _common_opts(a, ds) + list(extra)
+    if a.threads:
+        cmd += ["--threads", str(a.threads)]
+    m = measure(cmd, env)
+    if m["rc"]:
+        raise RuntimeError(f"launch failed (rc {m['rc']}): {' '.join(cmd)}")
+    summ = json.loads((out / "summary.json").read_text())
+    s0 = summ["seeds"][0]
+    return {"wall_s": m["wall_s"], "peak_rss_mb": m["peak_rss_mb"], "acc": s0.get("acc"),
+            "final_retain_acc": s0.get("final_retain_acc"), "train_wall_s": s0.get("wall_s"),
+            "op_wall_s": s0.get("op_wall_s")}
+
+
+def run_engine(a, ds, store, seed, impl, precision, workdir, env, sequence="A4"):
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_engine", "--dataset-spec", ds, "--seed", str(seed),
+           "--impl", impl, "--precision", precision, "--device", a.device, "--store", str(store),
+           "--model", a.model, "--sequence", sequence]
+    for flag, val in (("--width", a.width), ("--tasks", a.tasks if a.dataset != "digits" else None),
+                      ("--epochs", a.epochs), ("--memories", a.memories), ("--threads", a.threads),
+                      ("--learn-buffer-type", a.learn_buffer_type), ("--unlearn-buffer-type", a.unlearn_buffer_type)):
+        if val is not None:
+            cmd += [flag, str(val)]
+    m = measure(cmd, env)
+    if m["rc"]:
+        raise RuntimeError(f"engine run failed (rc {m['rc']})")
+    res = json.loads(m["stdout"].strip().splitlines()[-1])
+    res.update(wall_s=m["wall_s"], peak_rss_mb=m["peak_rss_mb"])
+    return res
+
+
+def _engine_main(argv) -> int:
+    ap = argparse.ArgumentParser()
+    for f in ("--dataset-spec", "--impl", "--precision", "--device", "--store", "--model", "--sequence",
+              "--learn-buffer-type", "--unlearn-buffer-type"):
+        ap.add_argument(f)
+    for f in ("--seed", "--width", "--tasks", "--epochs", "--memories", "--threads"):
+        ap.add_argument(f, type=int)
+    a = ap.parse_args(argv)
+    import torch
+
+    from cluctl.api import open_store, scores_provider
+    from cluctl.engine import evaluate_state, learn_task, new_state, run_config, unlearn_task
+    from cluctl.metrics import acc_bwt
+    from cluctl.sequences import resolve_sequence
+
+    t0 = time.perf_counter()
+    opts = {k: v for k, v in {"epochs": a.epochs, "memories": a.memories, "learn_buffer_type": a.learn_buffer_type,
+                              "unlearn_buffer_type": a.unlearn_buffer_type}.items() if v is not None}
+    cfg = run_config(dataset=a.dataset_spec, tasks=a.tasks, model=a.model, width=a.width, seed=a.seed, **opts)
+    st = new_state(cfg, device=a.device, threads=a.threads)
+    st.execution["precision"] = a.precision
+    store = open_store(a.store)
+    scores_fn = scores_provider(store, st.config)
+    ops = resolve_sequence(a.sequence, st.n_tasks, a.seed)
+    rows, op_wall = [], []
+    for op in ops:
+        t = time.perf_counter()
+        if op.kind == "L":
+            learn_task(st, op.task, scores_fn=scores_fn, impl=a.impl)
+        else:
+            unlearn_task(st, op.task, {}, impl=a.impl)
+        rows.append(evaluate_state(st)["test_acc"])
+        op_wall.append(time.perf_counter() - t)
+    labels = [str(o) for o in ops]
+    acc, _ = acc_bwt(labels, np.array(rows))
+    last = rows[-1]
+    retain = float(np.mean([last[t] for t in st.learned])) if st.learned else None
+    print(json.dumps({"acc": acc, "final_retain_acc": retain, "train_wall_s": time.perf_counter() - t0,
+                      "op_wall_s": op_wall, "torch_threads": torch.get_num_threads()}))
+    return 0
+
+
+def cmd_a4(a) -> int:
+    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="cluctl-bench-run-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    store = Path(a.store or workdir / "store")
+    env = _env(a.threads)
+    ds = dataset_spec(a, workdir)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    impls = [i.strip() for i in a.impls.split(",")]
+    precisions = [p.strip() for p in a.precisions.split(",")]
+    configs = [(i, p) for i in impls for p in precisions]
+    load = os.getloadavg()[0]
+    print(f"bench_run a4: {a.dataset} ({ds}), model {a.model} width {a.width or 'default'}, sequence {a.sequence}, "
+          f"seeds {seeds}, configs {configs}, device {a.device}, threads {a.threads}, driver {a.driver}; "
+          f"load average {load:.2f} (a shared machine: timings are noisy); work dir {workdir}", flush=True)
+    _prewarm(a, ds, store, seeds, env)
+    results = []
+    for n, s in enumerate(seeds):
+        order = configs if n % 2 == 0 else list(reversed(configs))
+        for impl, prec in order:
+            fn = run_launch if a.driver == "launch" else run_engine
+            r = fn(a, ds, store, s, impl, prec, workdir, env, sequence=a.sequence)
+            r.update(seed=s, impl=impl, precision=prec)
+            results.append(r)
+            print(f"  seed {s} {impl:8} {prec}: wall {r['wall_s']:8.1f} s (ops {r['train_wall_s']:.1f} s), "
+                  f"peak RSS {r['peak_rss_mb']:7.1f} MiB, ACC {r['acc']:.4f}, final retained acc "
+                  f"{(r['final_retain_acc'] if r['final_retain_acc'] is not None else float('nan')):.4f}", flush=True)
+    print()
+    print(f"{'config':18} {'wall s (median)':>16} {'ops s (median)':>15} {'peak RSS MiB':>13} {'mean ACC':>9} "
+          f"{'mean retained':>14}")
+    summary = {}
+    for impl, prec in configs:
+        rs = [r for r in results if r["impl"] == impl and r["precision"] == prec]
+        row = {"wall_s": statistics.median(r["wall_s"] for r in rs),
+               "ops_s": statistics.median(r["train_wall_s"] for r in rs),
+               "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+               "acc": float(np.mean([r["acc"] for r in rs])),
+               "retain": float(np.mean([r["final_retain_acc"] for r in rs if r["final_retain_acc"] is not None]
+                                       or [float("nan")]))}
+        summary[f"{impl}/{prec}"] = row
+        print(f"{impl + '/' + prec:18} {row['wall_s']:16.1f} {row['ops_s']:15.1f} {row['peak_rss_mb']:13.1f} "
+              f"{row['acc']:9.4f} {row['retain']:14.4f}")
+    keys = list(summary)
+    if "classic/fp32" in summary:
+        base = summary["classic/fp32"]
+        for k in keys:
+            if k != "classic/fp32":
+                r = summary[k]
+                print(f"classic/fp32 vs {k}: wall ratio {base['wall_s'] / r['wall_s']:.2f}x, ops ratio "
+                      f"{base['ops_s'] / r['ops_s']:.2f}x, mean ACC difference {r['acc'] - base['acc']:+.4f}, "
+                      f"mean final retained difference {r['retain'] - base['retain']:+.4f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"results": results, "summary": summary, "dataset": ds,
+                                            "load_average": load}, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------- budget
+
+
+class _Budget(Exception):
+    pass
+
+
+def _fit(points):
+    """Least-squares a + b T through (T, t) points; constant if only one T."""
+    Ts = np.array([p[0] for p in points], dtype=float)
+    ts = np.array([p[1] for p in points], dtype=float)
+    if len(set(Ts.tolist())) < 2:
+        return float(ts.mean()), 0.0
+    b, a = np.polyfit(Ts, ts, 1)
+    return float(a), float(b)
+
+
+def cmd_budget(a) -> int:
+    import torch
+
+    from cluctl.engine import evaluate_state, learn_task, new_state, run_config, unlearn_task
+    from cluctl.sequences import resolve_sequence
+
+    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="cluctl-bench-budget-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    t_data = time.perf_counter()
+    ds = dataset_spec(a, workdir)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cfg = run_config(dataset=ds, tasks=a.tasks, model=a.model, width=a.width, seed=0,
+                     epochs=a.epochs, memories=a.memories, learn_buffer_type=a.learn_buffer_type or "random",
+                     unlearn_buffer_type=a.unlearn_buffer_type or "random")
+    st = new_state(cfg, device=a.device)
+    st.execution["precision"] = a.precision
+    data_s = time.perf_counter() - t_data
+    N, bs = st.n_tasks, st.config["batch_size"]
+    spt = int(len(st.dataset.y_train) // N)
+    print(f"bench_run budget: {a.model} width {st.config['width']} on {tuple(st.dataset.input_shape)}, {N} tasks x "
+          f"{spt} samples, {st.config['epochs']} epochs, batch {bs}, {st.config['memories']} memories; device "
+          f"{st.device}, impl {a.impl}, precision {a.precision}, budget {a.budget_s} s (data and state: "
+          f"{data_s:.1f} s)", flush=True)
+    ops = resolve_sequence("A4", N, 0)
+    stamps: list[float] = []
+    measured = []
+    deadline = time.perf_counter() + a.budget_s
+    eval_s = []
+
+    def progress(done, total, msg=""):
+        stamps.append(time.perf_counter())
+        if stamps[-1] > deadline:
+            raise _Budget()
+
+    stopped = False
+    for op in ops:
+        T = len([t for t in st.learned if t != op.task])
+        stamps.clear()
+        t0 = time.perf_counter()
+        stamps.append(t0)
+        try:
+            if op.kind == "L":
+                learn_task(st, op.task, progress=progress, impl=a.impl)
+            else:
+                unlearn_task(st, op.task, {}, progress=progress, impl=a.impl)
+        except _Budget:
+            stopped = True
+        steps = np.diff(np.array(stamps))
+        if len(steps) > 2:
+            med = float(np.median(steps[1:]))  # the first step builds the op's stacked buffers
+            measured.append({"op": str(op), "kind": op.kind, "T": T, "steps": int(len(steps)), "median_step_s": med,
+                             "complete": not stopped})
+            print(f"  {op!s:5} T={T:2}: {len(steps):5} steps, median {med * 1e3:8.2f} ms/step"
+                  f"{' (stopped by the budget)' if stopped else ''}", flush=True)
+        if stopped:
+            break
+        if st.device.type == "cuda":
+            torch.cuda.synchronize()
+        te = time.perf_counter()
+        evaluate_state(st)
+        if st.device.type == "cuda":
+            torch.cuda.synchronize()
+        eval_s.append(time.perf_counter() - te)
+    if not measured:
+        print("nothing measured within the budget")
+        return 1
+    if not eval_s:  # stopped inside the first operation: time one evaluation now
+        te = time.perf_counter()
+        evaluate_state(st)
+        if st.device.type == "cuda":
+            torch.cuda.synchronize()
+        eval_s.append(time.perf_counter() - te)
+    lpts = [(m["T"], m["median_step_s"]) for m in measured if m["kind"] == "L"]
+    upts = [(m["T"], m["median_step_s"]) for m in measured if m["kind"] == "U"]
+    if a.step_json and Path(a.step_json).exists():
+        rows = json.loads(Path(a.step_json).read_text())["rows"]
+        lpts += [(r["T"], r["step"]) for r in rows if r["impl"] == a.impl and r["op"] == "learn"]
+        upts += [(r["T"], r["step"]) for r in rows if r["impl"] == a.impl and r["op"] == "unlearn"]
+    aL, bL = _fit(lpts)
+    aU, bU = _fit(upts) if upts else (aL, bL)
+    S_L = st.config["epochs"] * sum(1 for s in range(0, spt, bs) if min(bs, spt - s) >= 2)
+    ub = 10
+    one_pass = math.ceil(st.config["memories"] / ub)
+    t_eval = float(np.median(eval_s)) if eval_s else float("nan")
+    learn_total = sum(S_L * (aL + bL * i) for i in range(N))
+    un_T = list(range(N - 1, 0, -1))
+    un_1 = sum(one_pass * (aU + bU * f) for f in un_T)
+    un_48 = 48 * un_1
+    evals = (2 * N - 1) * t_eval
+    lo, hi = learn_total + un_1 + evals, learn_total + un_48 + evals
+    print(f"\nper-step fit: learn t_L(T) = {aL * 1e3:.2f} ms + {bL * 1e3:.2f} ms x T   "
+          f"(from {len(lpts)} points); unlearn t_U(T) = {aU * 1e3:.2f} ms + {bU * 1e3:.2f} ms x T; "
+          f"eval per op {t_eval:.2f} s")
+    print(f"extrapolated full A4 ({N} tasks): learning {learn_total:.0f} s ({S_L} steps per task), unlearning "
+          f"{un_1:.0f} s at one pass per op ({one_pass} steps) .. {un_48:.0f} s at 48 passes, evaluation {evals:.0f} s")
+    print(f"EXTRAPOLATED TOTAL: {lo / 60:.1f} min (one pass per unlearn op) .. {hi / 60:.1f} min (48 passes); "
+          f"thesis: 65 min per seed")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"measured": measured, "learn_fit": [aL, bL], "unlearn_fit": [aU, bU],
+                                            "eval_s": eval_s, "S_L": S_L, "one_pass": one_pass,
+                                            "total_min_s": lo, "total_max_s": hi, "device": str(st.device),
+                                            "impl": a.impl, "precision": a.precision}, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def cmd_seeds(a) -> int:
+    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="cluctl-bench-seeds-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = _env(None)
+    ds = dataset_spec(a, workdir)
+    walls = {}
+    for n in (1, a.seeds):
+        store = workdir / f"store-{n}"
+        name = f"bench-seeds-{n}"
+        cmd = CLI + ["launch", "--sequence", a.sequence, "--seeds", str(n), "--per-device", str(n), "--devices",
+                     a.device, "--name", name, "--store", str(store), "--out", str(workdir / name), "--no-plots",
+                     "-q", "--impl", a.impl, "--precision", a.precision] + _common_opts(a, ds)
+        if a.threads:
+            cmd += ["--threads", str(a.threads)]
+        m = measure(cmd, env)
+        if m["rc"]:
+            raise RuntimeError(f"launch failed: {' '.join(cmd)}")
+        summ = json.loads((workdir / name / "summary.json").read_text())
+        walls[n] = m["wall_s"]
+        seed_walls = [s.get("wall_s") for s in summ["seeds"]]
+        print(f"{n} seed(s), --per-device {n} on {a.device}: wall {m['wall_s']:.1f} s (per-seed op time "
+              f"{', '.join(f'{w:.1f}' for w in seed_walls)} s), peak RSS {m['peak_rss_mb']:.0f} MiB", flush=True)
+    ratio = walls[a.seeds] / walls[1]
+    print(f"RATIO {a.seeds}-seed wall / 1-seed wall = {ratio:.2f} (1.0 = free sharing, {a.seeds}.0 = none)")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"walls": walls, "ratio": ratio}, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------- main
+
+
+def _add_common(p, **defaults):
+    p.add_argument("--dataset", default=defaults.get("dataset", "digits"), help="digits, cifar-synth or a cluctl dataset")
+    p.add_argument("--samples-per-task", type=int, default=defaults.get("samples_per_task", 100))
+    p.add_argument("--tasks", type=int, default=defaults.get("tasks", 5), help="tasks of cifar-synth (5 classes each)")
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--width", type=int, default=defaults.get("width"))
+    p.add_argument("--epochs", type=int, default=defaults.get("epochs"))
+    p.add_argument("--memories", type=int, default=defaults.get("memories"))
+    p.add_argument("--learn-buffer-type", default=defaults.get("learn_buffer_type"))
+    p.add_argument("--unlearn-buffer-type", default=defaults.get("unlearn_buffer_type"))
+    p.add_argument("--device", default=defaults.get("device", "cpu"))
+    p.add_argument("--threads", type=int, default=defaults.get("threads"))
+    p.add_argument("--impl", default="fast")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--json", default=None)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_measure"]:
+        return _measure_main(argv[2:] if argv[1:2] == ["--"] else argv[1:])
+    if argv[:1] == ["_engine"]:
+        return _engine_main(argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd")
+    p = sub.add_parser("a4", help="classic vs fast end-to-end (default)")
+    _add_common(p, threads=1)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--impls", default="classic,fast")
+    p.add_argument("--precisions", default="fp32")
+    p.add_argument("--sequence", default="A4")
+    p.add_argument("--driver", choices=("launch", "engine"), default="launch")
+    p.add_argument("--store", default=None)
+    p = sub.add_parser("budget", help="thesis-scale CIFAR-shaped A4 for a time budget, extrapolated")
+    _add_common(p, dataset="cifar-synth", samples_per_task=2500, tasks=20, width=20, epochs=3, memories=256,
+                device="cuda")
+    p.add_argument("--budget-s", type=float, default=150)
+    p.add_argument("--step-json", default=None, help="bench_step --json output to anchor large T")
+    p = sub.add_parser("seeds", help="3 seeds sharing one device vs 1 seed")
+    _add_common(p, dataset="cifar-synth", samples_per_task=1000, tasks=20, device="cuda",
+                learn_buffer_type="random", unlearn_buffer_type="random")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--sequence", default="L0 L1 L2")
+    if not argv or argv[0] not in ("a4", "budget", "seeds", "-h", "--help"):
+        argv = ["a4"] + argv
+    a = ap.parse_args(argv)
+    return {"a4": cmd_a4, "budget": cmd_budget, "seeds": cmd_seeds}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
