@@ -664,7 +664,8 @@ def _chunks(st: _Stacked, per_sample_bytes: float, device: torch.device) -> list
 
 def _per_sample_bytes(model: nn.Module, x: torch.Tensor) -> float:
     """A rough upper bound of the activation memory per sample of one grouped pass:
-    ~12 saved float32 tensors the size of the widest early activation."""
+    (6 + 0.75 per conv/linear layer, at most 24 layers) float32 tensors the size of the
+    widest activation (reduced ResNet-18 on 32x32: ~1.8 MB; measured ~1.5 MB)."""
     key = tuple(x.shape[1:])
     est = _ACT_BYTES.get(model)
     if est is not None and est[0] == key:
