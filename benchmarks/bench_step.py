@@ -3,6 +3,7 @@
     python benchmarks/bench_step.py                         # CPU, T = 1, 5, 19, 3 repeats
     python benchmarks/bench_step.py --device cuda --repeats 10
     python benchmarks/bench_step.py --tasks 1,5 --impls classic,fast,vmap --json out.json
+    python benchmarks/bench_step.py --shape 1,8,8 --classes-per-task 2 --n-tasks 5 --tasks 1,4   # digits-like
 
 Setting (the thesis's CIFAR-100 run): reduced ResNet-18 (nf = 20), 3x32x32 inputs of CIFAR
 shape (random uint8 pixels, written to a temporary ``npz:`` dataset and loaded by the real

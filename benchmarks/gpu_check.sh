@@ -8,7 +8,7 @@
 # Stages (each under its own `timeout`, all of it under ~8 minutes):
 #   1. pytest -m cuda                      (tests/test_cuda.py: fast == classic per step, bf16 steps)
 #   2. bench_step on the device            (GEM learn / NegGEM unlearn step at T = 1, 5, 19; classic,
-#                                           fast, vmap; peak GPU memory of one step)
+#                                           fast, fast-nocl, vmap; peak GPU memory of one step)
 #   3. thesis-scale CIFAR-shaped A4 for a fixed budget, full-run time extrapolated
 #                                          (bench_run.py budget; formula in its docstring)
 #   4. 3 seeds with --per-device 3 on one GPU vs 1 seed (cluctl launch; ratio of walls)
@@ -18,7 +18,11 @@
 #
 # Environment: python3 with torch (CUDA) on PATH (or $PYTHON). cluctl is used from src/
 # (PYTHONPATH); if quadprog is missing and a .whl/ folder exists at the repo root, its
-# wheels are installed offline into /tmp/site (pip --no-index --no-deps --target).
+# wheels are installed offline into /tmp/site (pip --no-index --no-deps --target). Prepare
+# that folder where there is network, for the GPU machine's Python version, e.g.
+#   pip download quadprog pytest pluggy iniconfig --only-binary :all: \
+#       --python-version 3.12 --platform manylinux2014_x86_64 -d .whl
+# (pytest and its deps only if that python3 lacks them; env.txt lists what is missing).
 set -u
 
 DRY=0
