@@ -24,6 +24,7 @@ import numpy as np
 from . import config as C
 from .engine import (
     State,
+    check_precision,
     evaluate_state,
     learn_task,
     load_state,
@@ -77,11 +78,13 @@ def _checkpoint_ref(store, oid: str) -> None:
 
 def learn(task: int, from_ref: str | None = None, store=None, device: str | None = None,
           data_root: str | None = None, download: bool = False, impl: str = "fast",
-          threads: int | None = None, progress=None, **options: Any) -> OpResult:
-    """Learn ``task``; returns the new checkpoint (``.id``) and a summary."""
+          threads: int | None = None, progress=None, precision: str = "fp32", **options: Any) -> OpResult:
+    """Learn ``task``; returns the new checkpoint (``.id``) and a summary. ``precision="bf16"``
+    (CUDA only) runs the training forward passes under bf16 autocast."""
     st = open_store(store)
-    ex = C.validate_execution({"impl": impl, "threads": threads})  # --threads -1: one line, not a torch error
-    impl, threads = ex["impl"], ex.get("threads")
+    # --threads -1 or --precision fp16: one line, not a torch error
+    ex = C.validate_execution({"impl": impl, "threads": threads, "precision": precision})
+    impl, threads, precision = ex["impl"], ex.get("threads"), ex["precision"]
     opts = {k: v for k, v in options.items() if v is not None}
     if "algo" in opts:
         opts["learn_algo"] = opts.pop("algo")
@@ -95,6 +98,7 @@ def learn(task: int, from_ref: str | None = None, store=None, device: str | None
     else:
         state = new_state(run_config(**run, **learn_opts), device=device, data_root=data_root,
                           download=download, threads=threads)
+        check_precision(state, precision)  # bf16 on a CPU fails before the initial checkpoint is written
         if state.config.get("mem_scores"):
             # a bad --mem-scores must fail before the initial checkpoint is written
             from .buffers.memorization import load_scores
@@ -102,7 +106,8 @@ def learn(task: int, from_ref: str | None = None, store=None, device: str | None
             load_scores(st, state.config["mem_scores"], dataset=state.dataset)
         root = save_state(st, state, "init")
         _checkpoint_ref(st, root)
-    summary = learn_task(state, task, progress=progress, scores_fn=scores_provider(st, state.config), impl=impl)
+    summary = learn_task(state, task, progress=progress, scores_fn=scores_provider(st, state.config), impl=impl,
+                         precision=precision)
     oid = save_state(st, state, f"L{task}")
     _checkpoint_ref(st, oid)
     return OpResult(oid, summary)
@@ -110,11 +115,11 @@ def learn(task: int, from_ref: str | None = None, store=None, device: str | None
 
 def unlearn(task: int, from_ref: str, store=None, device: str | None = None, data_root: str | None = None,
             download: bool = False, impl: str = "fast", threads: int | None = None, progress=None,
-            step_hook=None, **options: Any) -> OpResult:
+            step_hook=None, precision: str = "fp32", **options: Any) -> OpResult:
     """Unlearn ``task`` from checkpoint ``from_ref``; returns the new checkpoint and a summary."""
     st = open_store(store)
-    ex = C.validate_execution({"impl": impl, "threads": threads})
-    impl, threads = ex["impl"], ex.get("threads")
+    ex = C.validate_execution({"impl": impl, "threads": threads, "precision": precision})
+    impl, threads, precision = ex["impl"], ex.get("threads"), ex["precision"]
     opts = {k: v for k, v in options.items() if v is not None}
     unknown = set(opts) - set(C.UNLEARN_DEFAULTS)
     if unknown:
@@ -124,7 +129,8 @@ def unlearn(task: int, from_ref: str, store=None, device: str | None = None, dat
     probe.update(opts)
     C.validate_unlearn(probe)
     state = load_state(st, from_ref, device=device, data_root=data_root, download=download, threads=threads)
-    summary = unlearn_task(state, task, opts, progress=progress, impl=impl, step_hook=step_hook)
+    summary = unlearn_task(state, task, opts, progress=progress, impl=impl, step_hook=step_hook,
+                           precision=precision)
     oid = save_state(st, state, f"U{task}")
     _checkpoint_ref(st, oid)
     return OpResult(oid, summary)

@@ -124,15 +124,24 @@ def _task_batch(state: State, task: int, indices) -> TaskBatch:
     return TaskBatch(x_tr[idx], lut[y_tr[idx]], torch.tensor(cls, device=state.device))
 
 
+def check_precision(state: State, precision: str | None) -> str:
+    """The precision to run ``state``'s operations with: fp32 (default) or bf16, CUDA only."""
+    prec = precision or "fp32"
+    if prec not in C.PRECISIONS:
+        raise UsageError(f"--precision: unknown value {prec!r}", "use fp32 or bf16")
+    if prec == "bf16" and state.device.type != "cuda":
+        raise UsageError(f"--precision bf16 needs a CUDA device, not {state.device}",
+                         "use --precision fp32 on the CPU, or --device cuda")
+    return prec
+
+
 def _with_precision(op):
     """Adds ``precision=`` to an operation (default: ``state.execution["precision"]``, else
     fp32). ``bf16`` runs the training forward passes under autocast (CUDA only)."""
 
     @functools.wraps(op)
     def run(state: State, task: int, *args, precision: str | None = None, **kwargs):
-        prec = precision or state.execution.get("precision") or "fp32"
-        if prec == "bf16" and state.device.type != "cuda":
-            raise UsageError("--precision bf16 needs a CUDA device", "use --precision fp32 or a GPU (--device cuda)")
+        prec = check_precision(state, precision or state.execution.get("precision"))
         with forward_precision(prec):
             return op(state, task, *args, **kwargs)
 

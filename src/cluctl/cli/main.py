@@ -23,6 +23,7 @@ from .common import (
     DeviceOpt,
     DownloadOpt,
     ImplOpt,
+    PrecisionOpt,
     QuietOpt,
     StoreOpt,
     ThreadsOpt,
@@ -82,6 +83,7 @@ def learn(
     mem_scores: Optional[str] = typer.Option(None, "--mem-scores", help="Memorization scores (ref/id) for most/least (default: the cached confidence proxy)."),
     tag: Optional[str] = typer.Option(None, "--tag", help="Also point refs/tags/NAME at the new checkpoint."),
     impl: str = ImplOpt,
+    precision: str = PrecisionOpt,
     device: Optional[str] = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
     store: Optional[str] = StoreOpt,
@@ -103,7 +105,7 @@ def learn(
     with progress_bar(not quiet, f"learn task {task}") as prog:
         res = api.learn(
             task, from_ref=from_ref, store=st, device=device, data_root=data_root, download=download,
-            impl=impl, threads=threads, progress=prog, algo=algo, dataset=dataset, tasks=tasks, model=model,
+            impl=impl, precision=precision, threads=threads, progress=prog, algo=algo, dataset=dataset, tasks=tasks, model=model,
             width=width, seed=seed, lr=lr, batch_size=batch_size, epochs=epochs, memories=memories,
             mem_strength=mem_strength, agem_sample=agem_sample, learn_buffer_type=learn_buffer_type,
             learn_buffer_split=learn_buffer_split, unlearn_buffer_type=unlearn_buffer_type,
@@ -140,6 +142,7 @@ def unlearn(
     salun_on: Optional[str] = typer.Option(None, "--salun-on", help="gradient (mask g_f, thesis) or update (mask the final update) (default: gradient)."),
     tag: Optional[str] = typer.Option(None, "--tag", help="Also point refs/tags/NAME at the new checkpoint."),
     impl: str = ImplOpt,
+    precision: str = PrecisionOpt,
     device: Optional[str] = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
     store: Optional[str] = StoreOpt,
@@ -161,7 +164,7 @@ def unlearn(
     with progress_bar(not quiet, f"unlearn task {task}") as prog:
         res = api.unlearn(
             task, from_ref=from_ref, store=st, device=device, data_root=data_root, download=download, impl=impl,
-            threads=threads, progress=prog, algo=algo, unlearning_rate=unlearning_rate,
+            precision=precision, threads=threads, progress=prog, algo=algo, unlearning_rate=unlearning_rate,
             unlearn_batch_size=unlearn_batch_size, unlearn_mem_strength=unlearn_mem_strength, alpha=alpha,
             forget_loss_scale=forget_loss_scale, stop_acc=stop_acc, max_epochs=max_epochs,
             salun_strength=salun_strength, salun_on=salun_on,

@@ -125,16 +125,6 @@ def compute_mia(state, seed: int) -> list[dict]:
     return rows
 
 
-def _autocast(device, precision: str):
-    import contextlib
-
-    import torch
-
-    if precision != "bf16":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or finish) one seed. ``job``: run, seed, config, sequence, device, threads,
@@ -220,11 +210,14 @@ def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
                 report(("step", seed, _i, steps, total, msg))
 
         t0 = time.perf_counter()
-        with _autocast(state.device, job["precision"]):
-            if op.kind == "L":
-                summary = learn_task(state, op.task, progress=progress, scores_fn=scores_fn, impl=job["impl"])
-            else:
-                summary = unlearn_task(state, op.task, ucfg, progress=progress, impl=job["impl"])
+        # precision goes to the engine, which applies bf16 autocast to the training forward
+        # passes only (the projection, evaluation and the stop rule stay float32)
+        if op.kind == "L":
+            summary = learn_task(state, op.task, progress=progress, scores_fn=scores_fn, impl=job["impl"],
+                                 precision=job["precision"])
+        else:
+            summary = unlearn_task(state, op.task, ucfg, progress=progress, impl=job["impl"],
+                                   precision=job["precision"])
         t1 = time.perf_counter()
         ck = save_state(store, state, label)
         t2 = time.perf_counter()
