@@ -366,8 +366,9 @@ def cmd_budget(a) -> int:
     upts = [(m["T"], m["median_step_s"]) for m in measured if m["kind"] == "U"]
     if a.step_json and Path(a.step_json).exists():
         rows = json.loads(Path(a.step_json).read_text())["rows"]
-        lpts += [(r["T"], r["step"]) for r in rows if r["impl"] == a.impl and r["op"] == "learn"]
-        upts += [(r["T"], r["step"]) for r in rows if r["impl"] == a.impl and r["op"] == "unlearn"]
+        want = a.step_impl or (a.impl if a.precision == "fp32" else f"{a.impl}-{a.precision}")
+        lpts += [(r["T"], r["step"]) for r in rows if r["impl"] == want and r["op"] == "learn"]
+        upts += [(r["T"], r["step"]) for r in rows if r["impl"] == want and r["op"] == "unlearn"]
     aL, bL = _fit(lpts)
     aU, bU = _fit(upts) if upts else (aL, bL)
     S_L = st.config["epochs"] * sum(1 for s in range(0, spt, bs) if min(bs, spt - s) >= 2)
@@ -469,6 +470,8 @@ def main(argv=None) -> int:
                 device="cuda")
     p.add_argument("--budget-s", type=float, default=150)
     p.add_argument("--step-json", default=None, help="bench_step --json output to anchor large T")
+    p.add_argument("--step-impl", default=None,
+                   help="which bench_step rows anchor the fit (default: --impl, or e.g. fast-bf16 with --precision bf16)")
     p = sub.add_parser("seeds", help="3 seeds sharing one device vs 1 seed")
     _add_common(p, dataset="cifar-synth", samples_per_task=1000, tasks=20, device="cuda",
                 learn_buffer_type="random", unlearn_buffer_type="random")

@@ -30,7 +30,11 @@ subprocess (ru_maxrss; the baseline RSS after building the state is printed too)
 ``torch.cuda.max_memory_allocated`` around one step.
 
 Pseudo-impls for comparisons: ``vmap`` (the previous fast path: torch.func.vmap over
-tasks) and ``fast-nocl`` (fast without channels-last), both with the fast projection.
+tasks), ``fast-nocl`` (fast without channels-last), ``fast-nograph`` (fast without CUDA
+graphs; on the CPU the same as fast) and ``fast-bf16`` (fast with ``--precision bf16``:
+the training forward passes under bf16 autocast; CUDA only), all with the fast projection.
+On CUDA the fast path replays the reference-gradient pass from a CUDA graph from the third
+step of an operation on; ``--warmup 2`` keeps the capture out of the medians.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMPL_CHOICES = ("classic", "fast", "vmap", "fast-nocl")
+IMPL_CHOICES = ("classic", "fast", "vmap", "fast-nocl", "fast-nograph", "fast-bf16")
 
 
 # ---------------------------------------------------------------- synthetic CIFAR-shaped data
@@ -99,16 +103,23 @@ def impl_variant(name: str):
     if name in ("classic", "fast"):
         yield name
         return
-    saved_fast, saved_cl = G.ref_grads_fast, G.FAST_OPTIONS.get("channels_last")
+    saved_fast, saved_opts = G.ref_grads_fast, dict(G.FAST_OPTIONS)
+    prec = None
     if name == "vmap":
         G.ref_grads_fast = lambda model, batches, chunk_samples=None: G.ref_grads_vmap(model, batches)
     elif name == "fast-nocl":
         G.FAST_OPTIONS["channels_last"] = False
+    elif name == "fast-nograph":
+        G.FAST_OPTIONS["cuda_graphs"] = False
+    elif name == "fast-bf16":
+        prec = "bf16"
     try:
-        yield "fast"
+        with G.forward_precision(prec):
+            yield "fast"
     finally:
         G.ref_grads_fast = saved_fast
-        G.FAST_OPTIONS["channels_last"] = saved_cl
+        G.FAST_OPTIONS.clear()
+        G.FAST_OPTIONS.update(saved_opts)
 
 
 class Bench:
@@ -283,11 +294,11 @@ def run_grid(bench: Bench, args) -> list[dict]:
 
 def _print_rows(rows, header=False):
     if header:
-        print(f"{'op':8} {'T':>3} {'impl':10} {'step s':>9} {'grad':>8} {'refs':>9} {'proj':>8} {'check':>8} "
+        print(f"{'op':8} {'T':>3} {'impl':12} {'step s':>9} {'grad':>8} {'refs':>9} {'proj':>8} {'check':>8} "
               f"{'proj%':>6} {'ratio':>6}")
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "-"
-        print(f"{r['op']:8} {r['T']:>3} {r['impl']:10} {r['step']:9.4f} {r['grad']:8.4f} {r['refs']:9.4f} "
+        print(f"{r['op']:8} {r['T']:>3} {r['impl']:12} {r['step']:9.4f} {r['grad']:8.4f} {r['refs']:9.4f} "
               f"{r['proj']:8.4f} {r['check']:8.4f} {100 * r['projected']:5.0f}% {ratio:>6}", flush=True)
 
 
@@ -328,16 +339,20 @@ def one_step_memory(bench: Bench, impl_name: str, T: int) -> dict:
     dev = bench.device
     with impl_variant(impl_name) as impl:
         if dev.type == "cuda":
-            bench.learn_step(impl, 0)
-            bench.restore()
+            for r in range(2):  # steady state: with CUDA graphs the third step is a replay
+                bench.learn_step(impl, r)
+                bench.restore()
             torch.cuda.synchronize(dev)
             base = torch.cuda.memory_allocated(dev)
             torch.cuda.reset_peak_memory_stats(dev)
-            bench.learn_step(impl, 1)
+            bench.learn_step(impl, 2)
             torch.cuda.synchronize(dev)
             peak = torch.cuda.max_memory_allocated(dev)
+            # a replayed graph's activations live in its private pool (reserved, not counted
+            # as allocated during the replay): the reserved figure bounds what the step needs
             return {"impl": impl_name, "T": T, "device": "cuda", "baseline_mb": base / 2**20,
-                    "peak_mb": peak / 2**20, "step_extra_mb": (peak - base) / 2**20}
+                    "peak_mb": peak / 2**20, "step_extra_mb": (peak - base) / 2**20,
+                    "reserved_mb": torch.cuda.memory_reserved(dev) / 2**20}
         bench.learn_step(impl, 0)  # first step: builds the cached stacked buffers, as in an operation
         bench.restore()
         base = _rss_now_mb()
@@ -355,9 +370,14 @@ def memory_report(args, dataset) -> list[dict]:
         if args.device.startswith("cuda"):
             import torch
 
+            import cluctl.grads as G
+
+            G.clear_cache()
+            torch.cuda.empty_cache()
             bench = Bench(args, dataset)
             out.append(one_step_memory(bench, name, T))
             del bench
+            G.clear_cache()
             torch.cuda.empty_cache()
         else:  # a fresh process per impl: ru_maxrss is a per-process high-water mark
             cmd = [sys.executable, __file__, "--_one-step", name, "--_dataset", dataset, "--tasks", str(T),
@@ -373,8 +393,9 @@ def memory_report(args, dataset) -> list[dict]:
             out.append(json.loads(p.stdout.strip().splitlines()[-1]))
     print(f"\npeak memory of one {'x'.join(map(str, args.shape))} learn step at T = {T} ({args.device}):")
     for m in out:
-        print(f"  {m['impl']:10} peak {m['peak_mb']:8.1f} MiB  (before the step {m['baseline_mb']:8.1f} MiB, "
-              f"step adds {m['step_extra_mb']:7.1f} MiB)")
+        print(f"  {m['impl']:12} peak {m['peak_mb']:8.1f} MiB  (before the step {m['baseline_mb']:8.1f} MiB, "
+              f"step adds {m['step_extra_mb']:7.1f} MiB)"
+              + (f", reserved {m['reserved_mb']:8.1f} MiB" if "reserved_mb" in m else ""))
     return out
 
 

@@ -5,14 +5,16 @@
 #   benchmarks/gpu_check.sh --dry-run OUTDIR   # tiny sizes on the CPU: exercises every stage
 #   CLUCTL_GPU_CHECK_DEVICE=cpu benchmarks/gpu_check.sh OUTDIR   # same as --dry-run
 #
-# Stages (each under its own `timeout`, all of it under ~8 minutes):
-#   1. pytest -m cuda                      (tests/test_cuda.py: fast == classic per step, bf16 steps)
+# Stages (each under its own `timeout`, all of it under ~9 minutes; GPU_CHECK_TOTAL_S):
+#   1. pytest -m cuda                      (tests/test_cuda.py: fast == classic per step, CUDA-graph
+#                                           replays == eager, bf16 steps)
 #   2. bench_step on the device            (GEM learn / NegGEM unlearn step at T = 1, 5, 19; classic,
-#                                           fast, fast-nocl, vmap; peak GPU memory of one step)
+#                                           fast, fast-nograph, fast-bf16; peak GPU memory of one step)
 #   3. thesis-scale CIFAR-shaped A4 for a fixed budget, full-run time extrapolated
-#                                          (bench_run.py budget; formula in its docstring)
+#                                          (bench_run.py budget, fp32; formula in its docstring)
 #   4. 3 seeds with --per-device 3 on one GPU vs 1 seed (cluctl launch; ratio of walls)
-#   5. bf16 vs fp32 end-to-end accuracy on a reduced CIFAR-shaped A4 (if time is left)
+#   5. the same budget run with --precision bf16 (if time is left)
+#   6. bf16 vs fp32 end-to-end accuracy on a reduced CIFAR-shaped A4 (if time is left)
 # Writes OUTDIR/summary.txt (the key lines of every stage) and OUTDIR/logs.tar.gz (all logs
 # and JSON); the individual files stay in OUTDIR/stages/.
 #
@@ -36,7 +38,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 PY=${PYTHON:-python3}
 START=$(date +%s)
-TOTAL=${GPU_CHECK_TOTAL_S:-470}
+TOTAL=${GPU_CHECK_TOTAL_S:-520}
 SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 
@@ -78,17 +80,20 @@ grep -E "^(python|gpu|MISSING)" "$S/env.txt" | tee -a "$SUMMARY"
 
 if [ "$DRY" = 1 ]; then
   DEV=cpu; LDEV=cpu
-  STEP_ARGS=(--device cpu --tasks 1,2 --n-tasks 4 --width 4 --memories 16 --repeats 1 --impls classic,fast,vmap)
+  STEP_ARGS=(--device cpu --tasks 1,2 --n-tasks 4 --width 4 --memories 16 --repeats 1 --impls classic,fast,fast-nograph)
   BUDGET_ARGS=(--device cpu --tasks 4 --samples-per-task 50 --width 4 --memories 16 --epochs 1 --budget-s 10)
+  BUDGET16_ARGS=(--device cpu --tasks 4 --samples-per-task 50 --width 4 --memories 16 --epochs 1 --budget-s 5
+                 --step-impl fast-nograph)
   SEEDS_ARGS=(--device cpu --tasks 4 --samples-per-task 20 --width 4 --memories 8 --epochs 1 --seeds 2 --sequence "L0")
   BF16_ARGS=(--device cpu --dataset cifar-synth --tasks 4 --samples-per-task 50 --width 4 --memories 16 --epochs 1
              --seeds 0 --impls fast --precisions fp32 --driver engine --learn-buffer-type random
              --unlearn-buffer-type random)
 else
   DEV=cuda; LDEV=cuda:0
-  STEP_ARGS=(--device cuda --tasks 1,5,19 --repeats 5 --impls classic,fast,fast-nocl,vmap)
-  BUDGET_ARGS=(--device cuda --budget-s 120)
-  SEEDS_ARGS=(--device cuda:0 --seeds 3 --sequence "L0 L1 L2" --samples-per-task 1000)
+  STEP_ARGS=(--device cuda --tasks 1,5,19 --repeats 5 --warmup 2 --impls classic,fast,fast-nograph,fast-bf16)
+  BUDGET_ARGS=(--device cuda --budget-s 75)
+  BUDGET16_ARGS=(--device cuda --budget-s 50 --precision bf16)
+  SEEDS_ARGS=(--device cuda:0 --seeds 3 --sequence "L0 L1 L2 L3" --tasks 4 --samples-per-task 2000)
   BF16_ARGS=(--device cuda:0 --dataset cifar-synth --tasks 5 --samples-per-task 500 --seeds 0 --impls fast
              --precisions fp32,bf16 --driver engine --learn-buffer-type random --unlearn-buffer-type random)
 fi
@@ -111,19 +116,29 @@ run_stage pytest_cuda 90 "$PY" -m pytest -m cuda tests/test_cuda.py -q -rs -p no
 tail -n 15 "$S/pytest_cuda.txt" | tee -a "$SUMMARY"
 
 # 2. per-step timings and peak memory of one step
-run_stage bench_step 110 "$PY" benchmarks/bench_step.py "${STEP_ARGS[@]}" --json "$S/bench_step.json"
+run_stage bench_step 130 "$PY" benchmarks/bench_step.py "${STEP_ARGS[@]}" --json "$S/bench_step.json"
 grep -E "^(op|learn|unlearn|  |peak|bench_step)" "$S/bench_step.txt" | tee -a "$SUMMARY"
 
 # 3. thesis-scale A4 for a time budget, extrapolated to the full run
-run_stage budget 200 "$PY" benchmarks/bench_run.py budget "${BUDGET_ARGS[@]}" --step-json "$S/bench_step.json" \
+run_stage budget 110 "$PY" benchmarks/bench_run.py budget "${BUDGET_ARGS[@]}" --step-json "$S/bench_step.json" \
   --json "$S/budget.json"
-grep -E "^(bench_run|  L|  U|per-step|extrapolated|EXTRAPOLATED|nothing)" "$S/budget.txt" | tail -n 30 | tee -a "$SUMMARY"
+grep -E "^(bench_run|  L|  U|per-step|extrapolated|EXTRAPOLATED|nothing|warning)" "$S/budget.txt" | tail -n 30 | tee -a "$SUMMARY"
 
 # 4. three seeds sharing one GPU vs one seed
-run_stage seeds 110 "$PY" benchmarks/bench_run.py seeds "${SEEDS_ARGS[@]}" --json "$S/seeds.json"
-grep -E "seed|RATIO" "$S/seeds.txt" | tee -a "$SUMMARY"
+run_stage seeds 140 "$PY" benchmarks/bench_run.py seeds "${SEEDS_ARGS[@]}" --json "$S/seeds.json"
+grep -E "seed|RATIO|warning" "$S/seeds.txt" | tee -a "$SUMMARY"
 
-# 5. bf16 vs fp32 end-to-end accuracy (reduced A4), only if time is left
+# 5. the budget run under bf16 autocast, only if time is left
+if [ "$(left)" -ge 70 ]; then
+  run_stage budget_bf16 80 "$PY" benchmarks/bench_run.py budget "${BUDGET16_ARGS[@]}" \
+    --step-json "$S/bench_step.json" --json "$S/budget_bf16.json"
+  grep -E "^(bench_run|  L|  U|per-step|extrapolated|EXTRAPOLATED|nothing|warning)" "$S/budget_bf16.txt" | tail -n 30 \
+    | tee -a "$SUMMARY"
+else
+  log "== stage budget_bf16 skipped: $(left)s left"
+fi
+
+# 6. bf16 vs fp32 end-to-end accuracy (reduced A4), only if time is left
 if [ "$(left)" -ge 60 ]; then
   run_stage bf16 120 "$PY" benchmarks/bench_run.py a4 "${BF16_ARGS[@]}" --json "$S/bf16.json"
   grep -E "seed|/fp32|/bf16|vs" "$S/bf16.txt" | tee -a "$SUMMARY"

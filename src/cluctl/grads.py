@@ -25,6 +25,11 @@ Implementations of the reference gradients (SPEC §2, §4), selected by ``impl``
 - :func:`ref_grads_vmap`: the previous fast path, ``torch.func.vmap`` over tasks of
   ``grad(masked CE)``; kept for models the grouped path cannot handle and for benchmarks.
 
+On CUDA the grouped pass is captured as a CUDA graph once per operation (its buffers are
+fixed; SGD updates the weights in place) and replayed at every later step
+(:class:`GraphedRefGrads`; ``FAST_OPTIONS["cuda_graphs"]`` or ``CLUCTL_CUDA_GRAPHS=0`` turn
+it off): the same kernels without hundreds of launches per step.
+
 All compute reference gradients in train mode without touching BatchNorm's running
 statistics (:func:`reference_mode`); they agree to float rounding (tests/test_fastpath.py).
 
@@ -55,7 +60,10 @@ from torch.overrides import TorchFunctionMode
 #   chunk_mb: bound on the activations of one grouped pass (tasks are processed in chunks);
 #             None = $CLUCTL_REF_CHUNK_MB, else 1500 MB on CPU and 12000 MB on CUDA (the
 #             full-scale CIFAR step, 19 x 256 memories, needs about 7.5 GB in float32).
-FAST_OPTIONS: dict = {"channels_last": None, "dense_small_conv": True, "chunk_mb": None}
+#   cuda_graphs: on CUDA, capture the grouped pass of one operation's fixed buffers as a CUDA
+#             graph and replay it at every later step (see GraphedRefGrads); None = on unless
+#             $CLUCTL_CUDA_GRAPHS=0, True/False to force.
+FAST_OPTIONS: dict = {"channels_last": None, "dense_small_conv": True, "chunk_mb": None, "cuda_graphs": None}
 
 
 @dataclass
@@ -112,11 +120,11 @@ def forward_precision(precision: str | None):
         _PRECISION.reset(tok)
 
 
-def _autocast(device: torch.device):
+def _autocast(device: torch.device, cache: bool = True):
     dt = _PRECISION.get()
     if dt is None:
         return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dt)
+    return torch.autocast(device_type=device.type, dtype=dt, cache_enabled=cache)
 
 
 # ---------------------------------------------------------------- basics
@@ -642,8 +650,11 @@ def _stacked(batches: list[TaskBatch], channels_last: bool) -> _Stacked:
 
 
 def clear_cache() -> None:
-    """Forget the cached concatenated buffers (tests, benchmarks)."""
+    """Forget the cached concatenated buffers and CUDA graphs (tests, benchmarks)."""
     _STACK_CACHE.clear()
+    for entry in _GRAPH_CACHE:
+        entry.release()
+    _GRAPH_CACHE.clear()
 
 
 def _chunks(st: _Stacked, per_sample_bytes: float, device: torch.device) -> list[tuple[int, int]]:
@@ -689,7 +700,7 @@ def _want_channels_last(x: torch.Tensor) -> bool:
     return True if opt is None else bool(opt)
 
 
-def ref_grads_grouped(model: nn.Module, batches: list[TaskBatch]) -> torch.Tensor:
+def ref_grads_grouped(model: nn.Module, batches: list[TaskBatch], autocast_cache: bool = True) -> torch.Tensor:
     """The grouped fast path (module docstring). Raises :class:`_Unsupported` for a model
     it cannot handle (nothing is changed in that case)."""
     params = param_list(model)
@@ -708,7 +719,7 @@ def ref_grads_grouped(model: nn.Module, batches: list[TaskBatch]) -> torch.Tenso
             s0, s1 = st.starts[a], st.starts[b]
             segs = [(st.starts[j] - s0, st.starts[j + 1] - s0) for j in range(a, b)]
             plan = _Plan(out[a:b], offsets, segs, cast, st.channels_last)
-            with _autocast(p0.device):
+            with _autocast(p0.device, cache=autocast_cache):
                 with _GroupedMode(plan):
                     logits = model(st.X[s0:s1])
                 ce = F.cross_entropy(torch.gather(logits, 1, st.idx[s0:s1]), st.Y[s0:s1], reduction="none")
@@ -721,15 +732,116 @@ def ref_grads_grouped(model: nn.Module, batches: list[TaskBatch]) -> torch.Tenso
     return out
 
 
+# ---------------------------------------------------------------- CUDA graphs
+
+
+def _want_cuda_graphs(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    opt = FAST_OPTIONS.get("cuda_graphs")
+    if opt is None:
+        return os.environ.get("CLUCTL_CUDA_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off")
+    return bool(opt)
+
+
+class GraphedRefGrads:
+    """The grouped pass over one operation's buffers, captured as a CUDA graph.
+
+    Within one learn or unlearn operation the retained tasks and their buffers do not
+    change; only the weights do, and SGD updates them in place. So the whole grouped
+    forward/backward (a few hundred small kernels for the reduced ResNet-18, launch-bound
+    on a GPU at nf = 20) is captured once and replayed at every later step: the replay
+    reads the current weights from the same memory and writes the [t, p] gradients into
+    the same output, which is cloned for the caller. Call 1 of a new key runs eagerly; call
+    2 runs eagerly on a side stream (the warm-up that capture needs; its result is
+    returned) and captures; later calls replay. The key is the model, the identity and
+    version of every buffer tensor and of every parameter's storage, the precision and the
+    fast-path options, so anything that changes them (a new operation, weights loaded into
+    new tensors) makes a new capture. A capture that fails switches graphs off for the
+    rest of the process with one warning; the eager path is then used.
+    """
+
+    def __init__(self, key: tuple, model: nn.Module, batches: list[TaskBatch]):
+        self.key = key
+        self.calls = 0
+        self.graph = None
+        self.out: torch.Tensor | None = None
+        # strong references: the ids in the key cannot be reused by other objects, and the
+        # memory the graph reads (buffers, their concatenation) stays allocated
+        self.model, self.batches = model, list(batches)
+        self.stacked: _Stacked | None = None
+
+    def release(self) -> None:
+        self.graph = self.out = self.stacked = self.model = None
+        self.batches = []
+
+
+_GRAPH_CACHE: list[GraphedRefGrads] = []  # one entry: the latest operation's
+_GRAPHS_BROKEN: list[str] = []
+
+
+def _graph_key(model: nn.Module, batches: list[TaskBatch]) -> tuple:
+    params = param_list(model)
+    return (id(model), tuple((id(b.x), b.x._version, id(b.y), b.y._version, id(b.classes), b.classes._version)
+                             for b in batches),
+            tuple((p.data_ptr(), tuple(p.shape)) for p in params), _PRECISION.get(),
+            tuple(sorted((k, str(v)) for k, v in FAST_OPTIONS.items())))
+
+
+def _graphed_ref_grads(model: nn.Module, batches: list[TaskBatch]) -> torch.Tensor:
+    key = _graph_key(model, batches)
+    if not (_GRAPH_CACHE and _GRAPH_CACHE[0].key == key):
+        for old in _GRAPH_CACHE:
+            old.release()
+        _GRAPH_CACHE.clear()
+        _GRAPH_CACHE.append(GraphedRefGrads(key, model, batches))
+    entry = _GRAPH_CACHE[0]
+    entry.calls += 1
+    if entry.graph is not None:
+        entry.graph.replay()
+        return entry.out.clone()
+    if entry.calls == 1:
+        return ref_grads_grouped(model, batches)
+    # warm-up on a side stream (its result is this step's), then capture
+    cur = torch.cuda.current_stream()
+    side = torch.cuda.Stream()
+    side.wait_stream(cur)
+    with torch.cuda.stream(side):
+        result = ref_grads_grouped(model, batches)
+    cur.wait_stream(side)
+    result.record_stream(cur)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            out = ref_grads_grouped(model, batches, autocast_cache=False)
+    except Exception as exc:  # noqa: BLE001 - any capture failure: eager from now on
+        _GRAPHS_BROKEN.append(f"{type(exc).__name__}: {exc}")
+        entry.release()
+        _GRAPH_CACHE.clear()
+        torch.cuda.synchronize()
+        import sys
+
+        print(f"warning: CUDA graph capture of the reference gradients failed ({type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); using the eager fast path",
+              file=sys.stderr)
+        return result
+    entry.graph, entry.out = graph, out
+    entry.stacked = _STACK_CACHE[0] if _STACK_CACHE else None
+    return result
+
+
 def ref_grads_fast(model: nn.Module, batches: list[TaskBatch], chunk_samples: int | None = None) -> torch.Tensor:
     """All retained tasks' reference gradients together, [t, p] (see the module docstring).
     ``chunk_samples`` is accepted for compatibility; memory is bounded by
-    ``FAST_OPTIONS["chunk_mb"]``."""
+    ``FAST_OPTIONS["chunk_mb"]``. On CUDA the grouped pass is replayed from a CUDA graph
+    from an operation's third step on (:class:`GraphedRefGrads`)."""
     if not batches:
         p = param_list(model)[0]
         return torch.zeros(0, n_params(model), device=p.device, dtype=p.dtype)
     if model not in _UNSUPPORTED:
         try:
+            if not _GRAPHS_BROKEN and _want_cuda_graphs(param_list(model)[0].device):
+                return _graphed_ref_grads(model, batches)
             return ref_grads_grouped(model, batches)
         except _Unsupported as err:
             _UNSUPPORTED[model] = str(err)
