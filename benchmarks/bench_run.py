@@ -32,6 +32,15 @@ least-squares line through the measured per-step medians (learn ops of this run,
 run: reported for one pass, ceil(memories / unlearn batch), and for the 48-pass maximum),
 and t_eval the measured evaluation time per op (train + test sets).
 
+``probe``: the same thesis-scale setting, but instead of running A4 in order it sets up a
+state with T retained tasks (random buffers) for each T in ``--probe-tasks`` and times
+``--steps`` steps of a real ``learn_task`` and ``--unlearn-steps`` of a real NegGEM
+``unlearn_task`` (stop accuracy 0, so it does not stop early), for every impl/precision in
+``--configs``, in one process; per-step medians skip each operation's first 3 steps (the
+first builds the stacked buffers, the second captures the CUDA graph). The full A4 is then
+extrapolated as above with t_L, t_U interpolated linearly between the probed T, so large T
+are measured rather than fitted.
+
 ``seeds``: ``cluctl launch`` of a short sequence with 3 seeds at ``--per-device 3`` on one
 device vs 1 seed; prints both walls and the ratio (3-seed wall / 1-seed wall; 1.0 would be
 perfect sharing, 3.0 none).
@@ -396,6 +405,110 @@ def cmd_budget(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- probe
+
+
+def cmd_probe(a) -> int:
+    """Per-step times of real engine operations at chosen T, for several impl/precision
+    settings in one process, and the full A4 extrapolated from them."""
+    import torch
+
+    from cluctl.data import task_indices
+    from cluctl.engine import evaluate_state, learn_task, new_state, run_config, unlearn_task
+
+    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="cluctl-bench-probe-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    t_data = time.perf_counter()
+    ds = dataset_spec(a, workdir)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cfg = run_config(dataset=ds, tasks=a.tasks, model=a.model, width=a.width, seed=0, epochs=a.epochs,
+                     memories=a.memories, learn_buffer_type="random", unlearn_buffer_type="random")
+    st = new_state(cfg, device=a.device)
+    init = {k: v.detach().clone() for k, v in st.model.state_dict().items()}
+    N, bs, M = st.n_tasks, st.config["batch_size"], st.config["memories"]
+    spt = int(len(st.dataset.y_train) // N)
+    Ts = [int(t) for t in a.probe_tasks.split(",")]
+    if max(Ts) >= N:
+        raise SystemExit(f"--probe-tasks needs T < {N}")
+    configs = [c.strip().split("/") for c in a.configs.split(",")]
+    sync = torch.cuda.synchronize if st.device.type == "cuda" else (lambda: None)
+    print(f"bench_run probe: {a.model} width {st.config['width']} on {tuple(st.dataset.input_shape)}, {N} tasks x "
+          f"{spt} samples, batch {bs}, {M} memories; device {st.device}; T in {Ts}; {a.steps} learn and "
+          f"{a.unlearn_steps} unlearn steps per probe (median of all but the first 3); configs "
+          f"{['/'.join(c) for c in configs]}; data and state {time.perf_counter() - t_data:.1f} s", flush=True)
+    rows = {tuple(c): {} for c in configs}
+    gen = torch.Generator().manual_seed(0)
+    bufs = {}
+    for t in range(max(Ts) + 1):
+        idx = task_indices(st.dataset.y_train, st.classes(t))
+        pick = idx[torch.randperm(len(idx), generator=gen)[: min(M, len(idx))]].tolist()
+        bufs[t] = {"learn": {"indices": pick}, "unlearn": {"indices": pick}}
+
+    def timed(fn, limit):
+        stamps = [time.perf_counter()]
+
+        def progress(done, total, msg=""):
+            sync()
+            stamps.append(time.perf_counter())
+            if len(stamps) > limit:
+                raise _Budget()
+        try:
+            fn(progress)
+        except _Budget:
+            pass
+        d = np.diff(np.array(stamps))
+        return float(np.median(d[3:])) if len(d) > 4 else float("nan")
+
+    for T in Ts:
+        for impl, prec in configs:
+            st.model.load_state_dict(init)
+            st.learned, st.forgotten, st.history = list(range(T)), [], [f"L{j}" for j in range(T)]
+            st.buffers = {j: bufs[j] for j in range(T)}
+            tl = timed(lambda pr: learn_task(st, T, progress=pr, impl=impl, precision=prec), a.steps)
+            st.model.load_state_dict(init)
+            st.learned, st.history = list(range(T + 1)), [f"L{j}" for j in range(T + 1)]
+            st.buffers = {j: bufs[j] for j in range(T + 1)}
+            tu = timed(lambda pr: unlearn_task(st, T, {"algo": "neggem", "stop_acc": 0.0}, progress=pr, impl=impl,
+                                               precision=prec), a.unlearn_steps) if T > 0 else float("nan")
+            rows[(impl, prec)][T] = (tl, tu)
+            print(f"  T={T:2} {impl}/{prec}: learn {tl * 1e3:8.2f} ms/step, unlearn (NegGEM) {tu * 1e3:8.2f} ms/step",
+                  flush=True)
+    sync()
+    te = time.perf_counter()
+    evaluate_state(st)
+    sync()
+    t_eval = time.perf_counter() - te
+    S_L = st.config["epochs"] * sum(1 for s_ in range(0, spt, bs) if min(bs, spt - s_) >= 2)
+    one_pass = math.ceil(M / 10)
+    out = {}
+    print(f"\nextrapolated full A4 ({N} tasks x {S_L} learn steps; unlearn ops at one pass = {one_pass} steps .. 48 "
+          f"passes; {2 * N - 1} evaluations of {t_eval:.2f} s), per-step times interpolated linearly between the "
+          f"probed T:")
+    for (impl, prec), r in rows.items():
+        Tp = sorted(r)
+        tl = [r[t][0] for t in Tp]
+        tu_T = [t for t in Tp if t > 0 and not math.isnan(r[t][1])]
+        tu = [r[t][1] for t in tu_T]
+        learn_total = sum(S_L * float(np.interp(i, Tp, tl)) for i in range(N))
+        un_1 = sum(one_pass * float(np.interp(f, tu_T, tu)) for f in range(N - 1, 0, -1)) if tu else float("nan")
+        evals = (2 * N - 1) * t_eval
+        lo, hi = learn_total + un_1 + evals, learn_total + 48 * un_1 + evals
+        out[f"{impl}/{prec}"] = {"probes": {str(t): r[t] for t in Tp}, "learn_s": learn_total, "unlearn_1pass_s": un_1,
+                                 "eval_s": evals, "total_min_s": lo, "total_max_s": hi}
+        print(f"  {impl}/{prec:5}: learning {learn_total:7.0f} s + unlearning {un_1:5.0f} s (1 pass) + evaluation "
+              f"{evals:3.0f} s = EXTRAPOLATED {lo / 60:6.1f} min ({hi / 60:.1f} min at 48 passes per unlearn op)")
+    base = out.get("classic/fp32")
+    if base:
+        for k, v in out.items():
+            if k != "classic/fp32":
+                print(f"  classic/fp32 vs {k}: {base['total_min_s'] / v['total_min_s']:.2f}x")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"device": str(st.device), "results": out, "S_L": S_L,
+                                            "t_eval": t_eval}, indent=1))
+    return 0
+
+
 # ---------------------------------------------------------------- seeds
 
 
@@ -477,10 +590,17 @@ def main(argv=None) -> int:
                 learn_buffer_type="random", unlearn_buffer_type="random")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--sequence", default="L0 L1 L2")
-    if not argv or argv[0] not in ("a4", "budget", "seeds", "-h", "--help"):
+    p = sub.add_parser("probe", help="per-step times of real operations at chosen T, full A4 extrapolated")
+    _add_common(p, dataset="cifar-synth", samples_per_task=2500, tasks=20, width=20, epochs=3, memories=256,
+                device="cuda")
+    p.add_argument("--probe-tasks", default="0,1,2,5,10,19", help="retained-task counts T to probe")
+    p.add_argument("--configs", default="classic/fp32,fast/fp32", help="impl/precision pairs, comma-separated")
+    p.add_argument("--steps", type=int, default=40, help="learn steps per probe")
+    p.add_argument("--unlearn-steps", type=int, default=25, help="unlearn steps per probe")
+    if not argv or argv[0] not in ("a4", "budget", "seeds", "probe", "-h", "--help"):
         argv = ["a4"] + argv
     a = ap.parse_args(argv)
-    return {"a4": cmd_a4, "budget": cmd_budget, "seeds": cmd_seeds}[a.cmd](a)
+    return {"a4": cmd_a4, "budget": cmd_budget, "seeds": cmd_seeds, "probe": cmd_probe}[a.cmd](a)
 
 
 if __name__ == "__main__":

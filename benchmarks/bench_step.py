@@ -399,6 +399,38 @@ def memory_report(args, dataset) -> list[dict]:
     return out
 
 
+# ---------------------------------------------------------------- profile
+
+
+def profile_steps(bench: Bench, T: int, impls) -> None:
+    """Where a step's time goes: operator and kernel totals over 3 steps after 3 warm-up
+    steps (on CUDA the warm-up includes the CUDA-graph capture)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    bench.setup(T)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.device.type == "cuda" else [])
+    for name in impls:
+        with impl_variant(name) as impl:
+            for r in range(3):
+                bench.learn_step(impl, r)
+            _sync(bench.device)
+            with profile(activities=acts) as prof:
+                for r in range(3, 6):
+                    bench.learn_step(impl, r)
+                _sync(bench.device)
+        bench.restore()
+        table = None
+        for key in (("self_device_time_total", "self_cuda_time_total") if bench.device.type == "cuda"
+                    else ("self_cpu_time_total",)):
+            try:
+                table = prof.key_averages().table(sort_by=key, row_limit=22, max_name_column_width=60)
+                break
+            except Exception:  # noqa: BLE001 - the sort key's name differs between torch versions
+                continue
+        print(f"\nprofile: {name}, 3 learn steps at T = {T}\n{table}", flush=True)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -420,6 +452,8 @@ def parse(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on CPU)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
+    ap.add_argument("--profile", type=int, default=None, metavar="T",
+                    help="instead of the grid: torch.profiler table of 3 fast learn steps at T retained tasks")
     ap.add_argument("--_one-step", dest="one_step", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_dataset", dest="dataset", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -464,6 +498,9 @@ def main(argv=None):
     print(f"params {sum(p.numel() for p in bench.state.model.parameters()):,}; state built in "
           f"{time.perf_counter() - t_build:.1f} s; repeats {args.repeats} after {args.warmup} warm-up, "
           f"impls alternated; medians in seconds\n")
+    if args.profile is not None:
+        profile_steps(bench, args.profile, args.impls)
+        return 0
     rows = run_grid(bench, args)
     mem = [] if args.no_memory else memory_report(args, dataset)
     if args.json:

@@ -202,7 +202,7 @@ def test_cuda_graph_replays_follow_the_weights(sizes, exact_float32, monkeypatch
         x = torch.randn(sum(p.numel() for p in params), generator=gen).cuda()
         apply_update(params, x, 0.05)
     assert not grads._GRAPHS_BROKEN, grads._GRAPHS_BROKEN
-    entry = grads._GRAPH_CACHE[0]
+    entry = grads._GRAPH_CACHE[-1]
     assert entry.graph is not None and entry.calls == 6
     assert all(torch.equal(a, b) for a, b in kept)  # replays never wrote into returned tensors
     assert _rows_rel(kept[-1][0], kept[0][0]) > 1e-3  # and the weights did move
@@ -210,8 +210,14 @@ def test_cuda_graph_replays_follow_the_weights(sizes, exact_float32, monkeypatch
     other = [grads.TaskBatch(b.x.flip(0).contiguous(), b.y.flip(0).contiguous(), b.classes) for b in batches[:2]]
     for _ in range(3):
         assert _rows_rel(ref_grads_fast(model, other), ref_grads_grouped(model, other)) <= 1e-6
-    assert grads._GRAPH_CACHE[0] is not entry and grads._GRAPH_CACHE[0].graph is not None
-    assert entry.graph is None  # the old graph (and its memory pool) was released
+    assert grads._GRAPH_CACHE[-1] is not entry and grads._GRAPH_CACHE[-1].graph is not None
+    assert entry.graph is not None and len(grads._GRAPH_CACHE) == 2  # two keys are kept
+    # the first key again: replayed from its own graph, still following the weights
+    before = grads.GRAPH_STATS["replays"]
+    assert _rows_rel(ref_grads_fast(model, batches), ref_grads_grouped(model, batches)) <= 1e-6
+    assert grads.GRAPH_STATS["replays"] == before + 1
+    grads.release_graphs()
+    assert entry.graph is None and not grads._GRAPH_CACHE  # graphs and their pools released
 
 
 def test_cuda_graphs_off_and_engine_steps_match_eager(learned3_cuda, exact_float32, monkeypatch):
@@ -226,11 +232,14 @@ def test_cuda_graphs_off_and_engine_steps_match_eager(learned3_cuda, exact_float
         monkeypatch.setitem(grads.FAST_OPTIONS, "cuda_graphs", flag)
         grads.clear_cache()
         st = _clone(learned3_cuda)
+        stats = dict(grads.GRAPH_STATS)
         s = learn_task(st, 3, impl="fast")
         assert s["steps"] > 3
         runs[flag] = torch.cat([p.detach().reshape(-1) for p in st.model.parameters()])
-        if flag:
-            assert grads._GRAPH_CACHE and grads._GRAPH_CACHE[0].graph is not None
+        captures = grads.GRAPH_STATS["captures"] - stats["captures"]
+        replays = grads.GRAPH_STATS["replays"] - stats["replays"]
+        assert (captures, replays) == ((1, s["steps"] - 2) if flag else (0, 0))
+        assert not grads._GRAPH_CACHE  # released when the operation ended
     assert not grads._GRAPHS_BROKEN, grads._GRAPHS_BROKEN
     assert _rel(runs[True], runs[False]) <= 1e-4
 
@@ -245,4 +254,4 @@ def test_cuda_graph_under_bf16(monkeypatch):
             Ge = ref_grads_grouped(model, batches)
             assert bool(torch.isfinite(Gf).all())
             assert float(torch.nn.functional.cosine_similarity(Gf, Ge, dim=1).min()) > 0.999
-    assert not grads._GRAPHS_BROKEN and grads._GRAPH_CACHE[0].graph is not None
+    assert not grads._GRAPHS_BROKEN and grads._GRAPH_CACHE[-1].graph is not None

@@ -25,7 +25,16 @@ from . import faults
 from .buffers.selection import buffer_size, select_random, select_ranked
 from .data import Dataset, class_order, load_dataset, task_classes, task_indices
 from .errors import CluctlError, NotFound, UsageError
-from .grads import TaskBatch, apply_update, batch_grad, forward_precision, masked_ce, param_list, reference_mode
+from .grads import (
+    TaskBatch,
+    apply_update,
+    batch_grad,
+    forward_precision,
+    masked_ce,
+    param_list,
+    reference_mode,
+    release_graphs,
+)
 from .learning import RefContext
 from .learning import get as get_learn_algo
 from .models import build_model
@@ -137,13 +146,17 @@ def check_precision(state: State, precision: str | None) -> str:
 
 def _with_precision(op):
     """Adds ``precision=`` to an operation (default: ``state.execution["precision"]``, else
-    fp32). ``bf16`` runs the training forward passes under autocast (CUDA only)."""
+    fp32). ``bf16`` runs the training forward passes under autocast (CUDA only). When the
+    operation ends, the CUDA graphs captured for its buffers are released."""
 
     @functools.wraps(op)
     def run(state: State, task: int, *args, precision: str | None = None, **kwargs):
         prec = check_precision(state, precision or state.execution.get("precision"))
-        with forward_precision(prec):
-            return op(state, task, *args, **kwargs)
+        try:
+            with forward_precision(prec):
+                return op(state, task, *args, **kwargs)
+        finally:
+            release_graphs()
 
     return run
 

@@ -652,9 +652,7 @@ def _stacked(batches: list[TaskBatch], channels_last: bool) -> _Stacked:
 def clear_cache() -> None:
     """Forget the cached concatenated buffers and CUDA graphs (tests, benchmarks)."""
     _STACK_CACHE.clear()
-    for entry in _GRAPH_CACHE:
-        entry.release()
-    _GRAPH_CACHE.clear()
+    release_graphs()
 
 
 def _chunks(st: _Stacked, per_sample_bytes: float, device: torch.device) -> list[tuple[int, int]]:
@@ -776,8 +774,20 @@ class GraphedRefGrads:
         self.batches = []
 
 
-_GRAPH_CACHE: list[GraphedRefGrads] = []  # one entry: the latest operation's
+# the latest keys' graphs, most recent last; the engine releases them when an operation
+# ends. Two, so that a benchmark alternating two settings (fp32/bf16) keeps both.
+_GRAPH_CACHE: list[GraphedRefGrads] = []
+_GRAPH_CACHE_SIZE = 2
 _GRAPHS_BROKEN: list[str] = []
+GRAPH_STATS = {"captures": 0, "replays": 0}  # counters for tests and benchmarks
+
+
+def release_graphs() -> None:
+    """Drop every captured graph and the memory pools behind them (the engine calls this
+    at the end of each operation: its buffers are not used again)."""
+    for entry in _GRAPH_CACHE:
+        entry.release()
+    _GRAPH_CACHE.clear()
 
 
 def _graph_key(model: nn.Module, batches: list[TaskBatch]) -> tuple:
@@ -790,15 +800,18 @@ def _graph_key(model: nn.Module, batches: list[TaskBatch]) -> tuple:
 
 def _graphed_ref_grads(model: nn.Module, batches: list[TaskBatch]) -> torch.Tensor:
     key = _graph_key(model, batches)
-    if not (_GRAPH_CACHE and _GRAPH_CACHE[0].key == key):
-        for old in _GRAPH_CACHE:
-            old.release()
-        _GRAPH_CACHE.clear()
-        _GRAPH_CACHE.append(GraphedRefGrads(key, model, batches))
-    entry = _GRAPH_CACHE[0]
+    entry = next((e for e in _GRAPH_CACHE if e.key == key), None)
+    if entry is None:
+        while len(_GRAPH_CACHE) >= _GRAPH_CACHE_SIZE:
+            _GRAPH_CACHE.pop(0).release()
+        entry = GraphedRefGrads(key, model, batches)
+    else:
+        _GRAPH_CACHE.remove(entry)
+    _GRAPH_CACHE.append(entry)
     entry.calls += 1
     if entry.graph is not None:
         entry.graph.replay()
+        GRAPH_STATS["replays"] += 1
         return entry.out.clone()
     if entry.calls == 1:
         return ref_grads_grouped(model, batches)
@@ -816,8 +829,7 @@ def _graphed_ref_grads(model: nn.Module, batches: list[TaskBatch]) -> torch.Tens
             out = ref_grads_grouped(model, batches, autocast_cache=False)
     except Exception as exc:  # noqa: BLE001 - any capture failure: eager from now on
         _GRAPHS_BROKEN.append(f"{type(exc).__name__}: {exc}")
-        entry.release()
-        _GRAPH_CACHE.clear()
+        release_graphs()
         torch.cuda.synchronize()
         import sys
 
@@ -826,7 +838,8 @@ def _graphed_ref_grads(model: nn.Module, batches: list[TaskBatch]) -> torch.Tens
               file=sys.stderr)
         return result
     entry.graph, entry.out = graph, out
-    entry.stacked = _STACK_CACHE[0] if _STACK_CACHE else None
+    GRAPH_STATS["captures"] += 1
+    entry.stacked = _stacked(batches, _want_channels_last(batches[0].x))
     return result
 
 
@@ -864,5 +877,5 @@ def apply_update(params: list[torch.Tensor], x: torch.Tensor, lr: float) -> None
 __all__ = [
     "TaskBatch", "reference_mode", "forward_precision", "masked_ce", "param_list", "n_params", "flat_grad",
     "batch_grad", "ref_grads_classic", "ref_grads_vmap", "ref_grads_grouped", "ref_grads_fast", "ref_grads",
-    "apply_update", "clear_cache", "FAST_OPTIONS",
+    "apply_update", "clear_cache", "release_graphs", "FAST_OPTIONS",
 ]
