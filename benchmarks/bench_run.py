@@ -453,27 +453,30 @@ def cmd_probe(a) -> int:
             stamps.append(time.perf_counter())
             if len(stamps) > limit:
                 raise _Budget()
+        why = "probe done"
         try:
-            fn(progress)
+            summary = fn(progress)
+            why = f"op ended: {summary.get('stopped') or ('diverged' if summary.get('diverged') else 'complete')}"
         except _Budget:
             pass
         d = np.diff(np.array(stamps))
-        return float(np.median(d[3:])) if len(d) > 4 else float("nan")
+        return (float(np.median(d[3:])) if len(d) > 4 else float("nan")), len(d), why
 
     for T in Ts:
         for impl, prec in configs:
             st.model.load_state_dict(init)
             st.learned, st.forgotten, st.history = list(range(T)), [], [f"L{j}" for j in range(T)]
             st.buffers = {j: bufs[j] for j in range(T)}
-            tl = timed(lambda pr: learn_task(st, T, progress=pr, impl=impl, precision=prec), a.steps)
+            tl, nl, wl = timed(lambda pr: learn_task(st, T, progress=pr, impl=impl, precision=prec), a.steps)
             st.model.load_state_dict(init)
             st.learned, st.history = list(range(T + 1)), [f"L{j}" for j in range(T + 1)]
             st.buffers = {j: bufs[j] for j in range(T + 1)}
-            tu = timed(lambda pr: unlearn_task(st, T, {"algo": "neggem", "stop_acc": 0.0}, progress=pr, impl=impl,
-                                               precision=prec), a.unlearn_steps) if T > 0 else float("nan")
+            tu, nu, wu = timed(lambda pr: unlearn_task(st, T, {"algo": "neggem", "stop_acc": 0.0}, progress=pr,
+                                                       impl=impl, precision=prec), a.unlearn_steps) \
+                if T > 0 else (float("nan"), 0, "no retained task")
             rows[(impl, prec)][T] = (tl, tu)
-            print(f"  T={T:2} {impl}/{prec}: learn {tl * 1e3:8.2f} ms/step, unlearn (NegGEM) {tu * 1e3:8.2f} ms/step",
-                  flush=True)
+            print(f"  T={T:2} {impl}/{prec}: learn {tl * 1e3:8.2f} ms/step ({nl} steps, {wl}), unlearn (NegGEM) "
+                  f"{tu * 1e3:8.2f} ms/step ({nu} steps, {wu})", flush=True)
     sync()
     te = time.perf_counter()
     evaluate_state(st)

@@ -10,11 +10,13 @@
 #                                           replays == eager, bf16 steps)
 #   2. bench_step on the device            (GEM learn / NegGEM unlearn step at T = 1, 5, 19; classic,
 #                                           fast, fast-nograph, fast-bf16; peak GPU memory of one step)
-#   3. thesis-scale CIFAR-shaped A4 for a fixed budget, full-run time extrapolated
-#                                          (bench_run.py budget, fp32; formula in its docstring)
+#   3. bench_run probe                     (thesis-scale CIFAR-shaped setting: real learn/unlearn
+#                                           operations timed at T = 0, 2, 5, 10, 19 for classic/fp32,
+#                                           fast/fp32, fast/bf16; full A4 extrapolated from them)
 #   4. 3 seeds with --per-device 3 on one GPU vs 1 seed (cluctl launch; ratio of walls)
-#   5. the same budget run with --precision bf16 (if time is left)
-#   6. bf16 vs fp32 end-to-end accuracy on a reduced CIFAR-shaped A4 (if time is left)
+#   5. thesis-scale A4 run in order for a fixed budget (bench_run budget, fp32), extrapolated
+#   6. torch.profiler table of fast learn steps at T = 19 (if time is left)
+#   7. bf16 vs fp32 end-to-end accuracy on a reduced CIFAR-shaped A4 (if time is left)
 # Writes OUTDIR/summary.txt (the key lines of every stage) and OUTDIR/logs.tar.gz (all logs
 # and JSON); the individual files stay in OUTDIR/stages/.
 #
@@ -81,19 +83,22 @@ grep -E "^(python|gpu|MISSING)" "$S/env.txt" | tee -a "$SUMMARY"
 if [ "$DRY" = 1 ]; then
   DEV=cpu; LDEV=cpu
   STEP_ARGS=(--device cpu --tasks 1,2 --n-tasks 4 --width 4 --memories 16 --repeats 1 --impls classic,fast,fast-nograph)
-  BUDGET_ARGS=(--device cpu --tasks 4 --samples-per-task 50 --width 4 --memories 16 --epochs 1 --budget-s 10)
-  BUDGET16_ARGS=(--device cpu --tasks 4 --samples-per-task 50 --width 4 --memories 16 --epochs 1 --budget-s 5
-                 --step-impl fast-nograph)
+  PROBE_ARGS=(--device cpu --tasks 4 --samples-per-task 50 --width 4 --memories 16 --epochs 1 --probe-tasks 0,1,3
+              --steps 6 --unlearn-steps 6 --configs classic/fp32,fast/fp32)
   SEEDS_ARGS=(--device cpu --tasks 4 --samples-per-task 20 --width 4 --memories 8 --epochs 1 --seeds 2 --sequence "L0")
+  BUDGET_ARGS=(--device cpu --tasks 4 --samples-per-task 50 --width 4 --memories 16 --epochs 1 --budget-s 10)
+  PROF_ARGS=(--device cpu --tasks 2 --n-tasks 4 --width 4 --memories 16 --profile 2 --impls fast)
   BF16_ARGS=(--device cpu --dataset cifar-synth --tasks 4 --samples-per-task 50 --width 4 --memories 16 --epochs 1
              --seeds 0 --impls fast --precisions fp32 --driver engine --learn-buffer-type random
              --unlearn-buffer-type random)
 else
   DEV=cuda; LDEV=cuda:0
   STEP_ARGS=(--device cuda --tasks 1,5,19 --repeats 5 --warmup 2 --impls classic,fast,fast-nograph,fast-bf16)
-  BUDGET_ARGS=(--device cuda --budget-s 75)
-  BUDGET16_ARGS=(--device cuda --budget-s 50 --precision bf16)
-  SEEDS_ARGS=(--device cuda:0 --seeds 3 --sequence "L0 L1 L2 L3" --tasks 4 --samples-per-task 2000)
+  PROBE_ARGS=(--device cuda --probe-tasks 0,2,5,10,19 --steps 20 --unlearn-steps 12
+              --configs classic/fp32,fast/fp32,fast/bf16)
+  SEEDS_ARGS=(--device cuda:0 --seeds 3 --sequence "L0 L1 L2" --tasks 3 --samples-per-task 1000)
+  BUDGET_ARGS=(--device cuda --budget-s 60)
+  PROF_ARGS=(--device cuda --profile 19 --impls fast)
   BF16_ARGS=(--device cuda:0 --dataset cifar-synth --tasks 5 --samples-per-task 500 --seeds 0 --impls fast
              --precisions fp32,bf16 --driver engine --learn-buffer-type random --unlearn-buffer-type random)
 fi
@@ -112,33 +117,34 @@ run_stage() {  # name want_timeout_s command...
 }
 
 # 1. CUDA-marked tests (on CPU: they must all skip cleanly, with their reason)
-run_stage pytest_cuda 90 "$PY" -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider
+run_stage pytest_cuda 70 "$PY" -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider
 tail -n 15 "$S/pytest_cuda.txt" | tee -a "$SUMMARY"
 
 # 2. per-step timings and peak memory of one step
-run_stage bench_step 130 "$PY" benchmarks/bench_step.py "${STEP_ARGS[@]}" --json "$S/bench_step.json"
+run_stage bench_step 100 "$PY" benchmarks/bench_step.py "${STEP_ARGS[@]}" --json "$S/bench_step.json"
 grep -E "^(op|learn|unlearn|  |peak|bench_step)" "$S/bench_step.txt" | tee -a "$SUMMARY"
 
-# 3. thesis-scale A4 for a time budget, extrapolated to the full run
-run_stage budget 110 "$PY" benchmarks/bench_run.py budget "${BUDGET_ARGS[@]}" --step-json "$S/bench_step.json" \
-  --json "$S/budget.json"
-grep -E "^(bench_run|  L|  U|per-step|extrapolated|EXTRAPOLATED|nothing|warning)" "$S/budget.txt" | tail -n 30 | tee -a "$SUMMARY"
+# 3. real operations probed at T = 0..19, full A4 extrapolated (classic, fast, fast bf16)
+run_stage probe 110 "$PY" benchmarks/bench_run.py probe "${PROBE_ARGS[@]}" --json "$S/probe.json"
+grep -E "^(bench_run|  T=|  classic|  fast|extrapolated|nothing|warning)" "$S/probe.txt" | tee -a "$SUMMARY"
 
 # 4. three seeds sharing one GPU vs one seed
-run_stage seeds 140 "$PY" benchmarks/bench_run.py seeds "${SEEDS_ARGS[@]}" --json "$S/seeds.json"
+run_stage seeds 110 "$PY" benchmarks/bench_run.py seeds "${SEEDS_ARGS[@]}" --json "$S/seeds.json"
 grep -E "seed|RATIO|warning" "$S/seeds.txt" | tee -a "$SUMMARY"
 
-# 5. the budget run under bf16 autocast, only if time is left
+# 5. thesis-scale A4 in order for a time budget, extrapolated (the first tasks only, in the budget)
+run_stage budget 90 "$PY" benchmarks/bench_run.py budget "${BUDGET_ARGS[@]}" --json "$S/budget.json"
+grep -E "^(bench_run|  L|  U|per-step|extrapolated|EXTRAPOLATED|nothing|warning)" "$S/budget.txt" | tail -n 30 | tee -a "$SUMMARY"
+
+# 6. where the time of a step goes (if time is left)
 if [ "$(left)" -ge 70 ]; then
-  run_stage budget_bf16 80 "$PY" benchmarks/bench_run.py budget "${BUDGET16_ARGS[@]}" \
-    --step-json "$S/bench_step.json" --json "$S/budget_bf16.json"
-  grep -E "^(bench_run|  L|  U|per-step|extrapolated|EXTRAPOLATED|nothing|warning)" "$S/budget_bf16.txt" | tail -n 30 \
-    | tee -a "$SUMMARY"
+  run_stage profile 60 "$PY" benchmarks/bench_step.py "${PROF_ARGS[@]}"
+  grep -A 30 "^profile:" "$S/profile.txt" | cut -c1-180 | tee -a "$SUMMARY"
 else
-  log "== stage budget_bf16 skipped: $(left)s left"
+  log "== stage profile skipped: $(left)s left"
 fi
 
-# 6. bf16 vs fp32 end-to-end accuracy (reduced A4), only if time is left
+# 7. bf16 vs fp32 end-to-end accuracy (reduced A4), only if time is left
 if [ "$(left)" -ge 60 ]; then
   run_stage bf16 120 "$PY" benchmarks/bench_run.py a4 "${BF16_ARGS[@]}" --json "$S/bf16.json"
   grep -E "seed|/fp32|/bf16|vs" "$S/bf16.txt" | tee -a "$SUMMARY"

@@ -220,28 +220,38 @@ def test_cuda_graph_replays_follow_the_weights(sizes, exact_float32, monkeypatch
     assert entry.graph is None and not grads._GRAPH_CACHE  # graphs and their pools released
 
 
-def test_cuda_graphs_off_and_engine_steps_match_eager(learned3_cuda, exact_float32, monkeypatch):
-    """A whole learn operation with graphs on ends at the same weights (to float rounding)
-    as with graphs off."""
+def test_engine_steps_replay_graphs_that_match_eager(learned3_cuda, exact_float32, monkeypatch):
+    """Inside a real learn operation, every step's reference gradients (eager at step 1,
+    warm-up at step 2, replays after) equal the eager grouped pass at that step's weights;
+    the operation captures once, replays at every later step and releases the graph at its
+    end. (Whole trajectories are not compared: ResNet training at lr 0.1 amplifies
+    rounding-level differences between kernels chosen in capture and eagerly; measured on
+    an H200, 5e-2 relative after 27 steps.)"""
     import cluctl.grads as grads
     from cluctl.engine import learn_task
+    from cluctl.learning import REGISTRY as LEARN, LearnAlgorithm
 
     monkeypatch.setattr(grads, "_GRAPHS_BROKEN", [])
-    runs = {}
-    for flag in (False, True):
-        monkeypatch.setitem(grads.FAST_OPTIONS, "cuda_graphs", flag)
-        grads.clear_cache()
-        st = _clone(learned3_cuda)
-        stats = dict(grads.GRAPH_STATS)
-        s = learn_task(st, 3, impl="fast")
-        assert s["steps"] > 3
-        runs[flag] = torch.cat([p.detach().reshape(-1) for p in st.model.parameters()])
-        captures = grads.GRAPH_STATS["captures"] - stats["captures"]
-        replays = grads.GRAPH_STATS["replays"] - stats["replays"]
-        assert (captures, replays) == ((1, s["steps"] - 2) if flag else (0, 0))
-        assert not grads._GRAPH_CACHE  # released when the operation ended
+    monkeypatch.setitem(grads.FAST_OPTIONS, "cuda_graphs", True)
+    grads.clear_cache()
+    errs = []
+    orig = LEARN["gem"].direction
+
+    def twin(g, refs, cfg):
+        G = refs.G
+        errs.append(_rows_rel(G, grads.ref_grads_grouped(refs.model, refs.batches)))
+        return orig(g, refs, cfg)
+
+    monkeypatch.setitem(LEARN, "gem", LearnAlgorithm("gem", twin))
+    st = _clone(learned3_cuda)
+    stats = dict(grads.GRAPH_STATS)
+    s = learn_task(st, 3, impl="fast")
+    assert s["steps"] > 3 and len(errs) == s["steps"]
+    assert max(errs) <= 1e-6, errs
     assert not grads._GRAPHS_BROKEN, grads._GRAPHS_BROKEN
-    assert _rel(runs[True], runs[False]) <= 1e-4
+    assert grads.GRAPH_STATS["captures"] - stats["captures"] == 1
+    assert grads.GRAPH_STATS["replays"] - stats["replays"] == s["steps"] - 2
+    assert not grads._GRAPH_CACHE  # released when the operation ended
 
 
 def test_cuda_graph_under_bf16(monkeypatch):
