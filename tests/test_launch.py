@@ -34,12 +34,14 @@ def plan(tmp_path, **opts):
 # ---------------------------------------------------------------- run identity
 
 
-def test_run_name_format_and_hash_excludes_execution_options(tmp_path):
+def test_run_name_format_and_hash_excludes_execution_options(tmp_path, monkeypatch):
     base = plan(tmp_path, sequence="A4", algo="neggem")
     assert re.fullmatch(r"a4-neggem-[0-9a-f]{8}", base.run)
+    monkeypatch.setattr(O, "visible_gpus", lambda: 2)  # bf16 needs CUDA devices: pretend two are visible
     same = [
         plan(tmp_path, sequence="a4", algo="NegGEM", threads=3, impl="classic", precision="bf16", per_device=2,
-             out=str(tmp_path / "elsewhere"), mia=True, quiet=True, seeds=4),
+             out=str(tmp_path / "elsewhere"), mia=True, quiet=True, seeds=4, devices="cuda:0,cuda:1"),
+        plan(tmp_path, sequence="a4", algo="NegGEM", impl="classic", per_device=2, seeds=4),
         plan(tmp_path, sequence="A4", algo="neggem", store=str(tmp_path / "other-store"), seed_list="5,9"),
         plan(tmp_path, sequence="A4", algo="neggem", devices=None, gpus=0),
     ]
