@@ -32,7 +32,8 @@ subprocess (ru_maxrss; the baseline RSS after building the state is printed too)
 Pseudo-impls for comparisons: ``vmap`` (the previous fast path: torch.func.vmap over
 tasks), ``fast-nocl`` (fast without channels-last), ``fast-nograph`` (fast without CUDA
 graphs; on the CPU the same as fast) and ``fast-bf16`` (fast with ``--precision bf16``:
-the training forward passes under bf16 autocast; CUDA only), all with the fast projection.
+the training forward passes under bf16 autocast; CUDA only) and ``fast-cudnnbench`` (fast
+with cuDNN's algorithm timing for the grouped pass; CUDA only), all with the fast projection.
 On CUDA the fast path replays the reference-gradient pass from a CUDA graph from the third
 step of an operation on; ``--warmup 2`` keeps the capture out of the medians.
 """
@@ -53,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMPL_CHOICES = ("classic", "fast", "vmap", "fast-nocl", "fast-nograph", "fast-bf16")
+IMPL_CHOICES = ("classic", "fast", "vmap", "fast-nocl", "fast-nograph", "fast-bf16", "fast-cudnnbench")
 
 
 # ---------------------------------------------------------------- synthetic CIFAR-shaped data
@@ -113,6 +114,8 @@ def impl_variant(name: str):
         G.FAST_OPTIONS["cuda_graphs"] = False
     elif name == "fast-bf16":
         prec = "bf16"
+    elif name == "fast-cudnnbench":
+        G.FAST_OPTIONS["cudnn_benchmark"] = True
     try:
         with G.forward_precision(prec):
             yield "fast"

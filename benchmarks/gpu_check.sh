@@ -9,7 +9,8 @@
 #   1. pytest -m cuda                      (tests/test_cuda.py: fast == classic per step, CUDA-graph
 #                                           replays == eager, bf16 steps)
 #   2. bench_step on the device            (GEM learn / NegGEM unlearn step at T = 1, 5, 19; classic,
-#                                           fast, fast-nograph, fast-bf16; peak GPU memory of one step)
+#                                           fast, fast-nograph, fast-bf16, fast-cudnnbench; peak GPU
+#                                           memory of one step)
 #   3. bench_run probe                     (thesis-scale CIFAR-shaped setting: real learn/unlearn
 #                                           operations timed at T = 0, 2, 5, 10, 19 for classic/fp32,
 #                                           fast/fp32, fast/bf16; full A4 extrapolated from them)
@@ -93,7 +94,7 @@ if [ "$DRY" = 1 ]; then
              --unlearn-buffer-type random)
 else
   DEV=cuda; LDEV=cuda:0
-  STEP_ARGS=(--device cuda --tasks 1,5,19 --repeats 5 --warmup 2 --impls classic,fast,fast-nograph,fast-bf16)
+  STEP_ARGS=(--device cuda --tasks 1,5,19 --repeats 5 --warmup 2 --impls classic,fast,fast-nograph,fast-bf16,fast-cudnnbench)
   PROBE_ARGS=(--device cuda --probe-tasks 0,2,5,10,19 --steps 20 --unlearn-steps 12
               --configs classic/fp32,fast/fp32,fast/bf16)
   SEEDS_ARGS=(--device cuda:0 --seeds 3 --sequence "L0 L1 L2" --tasks 3 --samples-per-task 1000)

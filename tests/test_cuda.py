@@ -265,3 +265,19 @@ def test_cuda_graph_under_bf16(monkeypatch):
             assert bool(torch.isfinite(Gf).all())
             assert float(torch.nn.functional.cosine_similarity(Gf, Ge, dim=1).min()) > 0.999
     assert not grads._GRAPHS_BROKEN and grads._GRAPH_CACHE[-1].graph is not None
+
+
+def test_cuda_graph_cache_keeps_the_latest_keys(monkeypatch):
+    grads, model, batches = _graph_setup(monkeypatch)
+    from cluctl.grads import ref_grads_fast
+
+    sets = [[grads.TaskBatch(b.x.roll(k, 0).contiguous(), b.y.roll(k, 0).contiguous(), b.classes) for b in batches]
+            for k in range(grads._GRAPH_CACHE_SIZE + 1)]
+    entries = []
+    for s in sets:
+        for _ in range(3):
+            ref_grads_fast(model, s)
+        entries.append(grads._GRAPH_CACHE[-1])
+    assert len(grads._GRAPH_CACHE) == grads._GRAPH_CACHE_SIZE
+    assert entries[0].graph is None and entries[0] not in grads._GRAPH_CACHE  # the oldest was released
+    assert all(e.graph is not None for e in entries[1:])

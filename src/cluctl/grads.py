@@ -63,7 +63,11 @@ from torch.overrides import TorchFunctionMode
 #   cuda_graphs: on CUDA, capture the grouped pass of one operation's fixed buffers as a CUDA
 #             graph and replay it at every later step (see GraphedRefGrads); None = on unless
 #             $CLUCTL_CUDA_GRAPHS=0, True/False to force.
-FAST_OPTIONS: dict = {"channels_last": None, "dense_small_conv": True, "chunk_mb": None, "cuda_graphs": None}
+#   cudnn_benchmark: on CUDA, let cuDNN time its algorithms for the grouped pass's shapes
+#             (torch.backends.cudnn.benchmark, set only around that pass; off by default:
+#             not yet measured, see benchmarks/bench_step.py's fast-cudnnbench).
+FAST_OPTIONS: dict = {"channels_last": None, "dense_small_conv": True, "chunk_mb": None, "cuda_graphs": None,
+                      "cudnn_benchmark": False}
 
 
 @dataclass
@@ -698,6 +702,19 @@ def _want_channels_last(x: torch.Tensor) -> bool:
     return True if opt is None else bool(opt)
 
 
+@contextmanager
+def _cudnn_benchmark(device: torch.device):
+    if device.type != "cuda" or not FAST_OPTIONS.get("cudnn_benchmark"):
+        yield
+        return
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 def ref_grads_grouped(model: nn.Module, batches: list[TaskBatch], autocast_cache: bool = True) -> torch.Tensor:
     """The grouped fast path (module docstring). Raises :class:`_Unsupported` for a model
     it cannot handle (nothing is changed in that case)."""
@@ -712,7 +729,7 @@ def ref_grads_grouped(model: nn.Module, batches: list[TaskBatch], autocast_cache
     cast = _PRECISION.get()
     per = _per_sample_bytes(model, st.X) * (0.5 if cast is not None else 1.0)
     written: set[int] = set()
-    with reference_mode(model), torch.enable_grad():
+    with reference_mode(model), torch.enable_grad(), _cudnn_benchmark(p0.device):
         for a, b in _chunks(st, per, p0.device):
             s0, s1 = st.starts[a], st.starts[b]
             segs = [(st.starts[j] - s0, st.starts[j + 1] - s0) for j in range(a, b)]
@@ -775,9 +792,10 @@ class GraphedRefGrads:
 
 
 # the latest keys' graphs, most recent last; the engine releases them when an operation
-# ends. Two, so that a benchmark alternating two settings (fp32/bf16) keeps both.
+# ends (within one operation there is one key). Four, so that a benchmark alternating
+# settings (fp32, bf16, cuDNN benchmark mode) keeps them all instead of recapturing.
 _GRAPH_CACHE: list[GraphedRefGrads] = []
-_GRAPH_CACHE_SIZE = 2
+_GRAPH_CACHE_SIZE = 4
 _GRAPHS_BROKEN: list[str] = []
 GRAPH_STATS = {"captures": 0, "replays": 0}  # counters for tests and benchmarks
 
