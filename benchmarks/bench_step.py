@@ -297,11 +297,11 @@ def run_grid(bench: Bench, args) -> list[dict]:
 
 def _print_rows(rows, header=False):
     if header:
-        print(f"{'op':8} {'T':>3} {'impl':12} {'step s':>9} {'grad':>8} {'refs':>9} {'proj':>8} {'check':>8} "
+        print(f"{'op':8} {'T':>3} {'impl':15} {'step s':>9} {'grad':>8} {'refs':>9} {'proj':>8} {'check':>8} "
               f"{'proj%':>6} {'ratio':>6}")
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "-"
-        print(f"{r['op']:8} {r['T']:>3} {r['impl']:12} {r['step']:9.4f} {r['grad']:8.4f} {r['refs']:9.4f} "
+        print(f"{r['op']:8} {r['T']:>3} {r['impl']:15} {r['step']:9.4f} {r['grad']:8.4f} {r['refs']:9.4f} "
               f"{r['proj']:8.4f} {r['check']:8.4f} {100 * r['projected']:5.0f}% {ratio:>6}", flush=True)
 
 
@@ -396,7 +396,7 @@ def memory_report(args, dataset) -> list[dict]:
             out.append(json.loads(p.stdout.strip().splitlines()[-1]))
     print(f"\npeak memory of one {'x'.join(map(str, args.shape))} learn step at T = {T} ({args.device}):")
     for m in out:
-        print(f"  {m['impl']:12} peak {m['peak_mb']:8.1f} MiB  (before the step {m['baseline_mb']:8.1f} MiB, "
+        print(f"  {m['impl']:15} peak {m['peak_mb']:8.1f} MiB  (before the step {m['baseline_mb']:8.1f} MiB, "
               f"step adds {m['step_extra_mb']:7.1f} MiB)"
               + (f", reserved {m['reserved_mb']:8.1f} MiB" if "reserved_mb" in m else ""))
     return out
