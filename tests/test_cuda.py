@@ -185,7 +185,7 @@ def _graph_setup(monkeypatch, width=4, shape=(3, 8, 8), sizes=(12, 12, 7), seed=
 
 @pytest.mark.parametrize("sizes", [(12, 12, 7), (16, 16, 16)])
 def test_cuda_graph_replays_follow_the_weights(sizes, exact_float32, monkeypatch):
-    """Replayed reference gradients equal the eager grouped pass at the current weights,
+    """Replayed reference gradients equal the eager grouped pass (to 1e-5: cuDNN weight-gradient kernels are not bitwise deterministic) at the current weights,
     step after step (SGD updates the weights in place between replays), the caller's copy
     is not overwritten by the next replay, and new buffers make a new capture."""
     grads, model, batches = _graph_setup(monkeypatch, sizes=sizes)
@@ -197,7 +197,7 @@ def test_cuda_graph_replays_follow_the_weights(sizes, exact_float32, monkeypatch
     for step in range(6):
         Gf = ref_grads_fast(model, batches)
         Ge = ref_grads_grouped(model, batches)
-        assert _rows_rel(Gf, Ge) <= 1e-6, step
+        assert _rows_rel(Gf, Ge) <= 1e-5, step
         kept.append((Gf, Gf.clone()))
         x = torch.randn(sum(p.numel() for p in params), generator=gen).cuda()
         apply_update(params, x, 0.05)
@@ -209,12 +209,12 @@ def test_cuda_graph_replays_follow_the_weights(sizes, exact_float32, monkeypatch
     # a new operation's buffers: eager first, then a new capture
     other = [grads.TaskBatch(b.x.flip(0).contiguous(), b.y.flip(0).contiguous(), b.classes) for b in batches[:2]]
     for _ in range(3):
-        assert _rows_rel(ref_grads_fast(model, other), ref_grads_grouped(model, other)) <= 1e-6
+        assert _rows_rel(ref_grads_fast(model, other), ref_grads_grouped(model, other)) <= 1e-5
     assert grads._GRAPH_CACHE[-1] is not entry and grads._GRAPH_CACHE[-1].graph is not None
     assert entry.graph is not None and len(grads._GRAPH_CACHE) == 2  # two keys are kept
     # the first key again: replayed from its own graph, still following the weights
     before = grads.GRAPH_STATS["replays"]
-    assert _rows_rel(ref_grads_fast(model, batches), ref_grads_grouped(model, batches)) <= 1e-6
+    assert _rows_rel(ref_grads_fast(model, batches), ref_grads_grouped(model, batches)) <= 1e-5
     assert grads.GRAPH_STATS["replays"] == before + 1
     grads.release_graphs()
     assert entry.graph is None and not grads._GRAPH_CACHE  # graphs and their pools released
@@ -247,7 +247,7 @@ def test_engine_steps_replay_graphs_that_match_eager(learned3_cuda, exact_float3
     stats = dict(grads.GRAPH_STATS)
     s = learn_task(st, 3, impl="fast")
     assert s["steps"] > 3 and len(errs) == s["steps"]
-    assert max(errs) <= 1e-6, errs
+    assert max(errs) <= 1e-5, errs  # cuDNN weight-gradient kernels are not bitwise deterministic
     assert not grads._GRAPHS_BROKEN, grads._GRAPHS_BROKEN
     assert grads.GRAPH_STATS["captures"] - stats["captures"] == 1
     assert grads.GRAPH_STATS["replays"] - stats["replays"] == s["steps"] - 2
@@ -281,3 +281,33 @@ def test_cuda_graph_cache_keeps_the_latest_keys(monkeypatch):
     assert len(grads._GRAPH_CACHE) == grads._GRAPH_CACHE_SIZE
     assert entries[0].graph is None and entries[0] not in grads._GRAPH_CACHE  # the oldest was released
     assert all(e.graph is not None for e in entries[1:])
+    # the graphs still cached replay correctly after another one was released
+    before = grads.GRAPH_STATS["replays"]
+    for s in sets[1:]:
+        assert _rows_rel(ref_grads_fast(model, s), grads.ref_grads_grouped(model, s)) <= 1e-5
+    assert grads.GRAPH_STATS["replays"] == before + len(sets) - 1
+
+
+def test_cuda_graph_captured_on_the_models_device(monkeypatch):
+    """The capture and replays run on the model's GPU even when another one is current
+    (launch workers on cuda:N never call set_device)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    import cluctl.grads as grads
+    from cluctl.grads import TaskBatch, ref_grads_fast, ref_grads_grouped
+    from cluctl.models import build_model
+
+    monkeypatch.setitem(grads.FAST_OPTIONS, "cuda_graphs", True)
+    monkeypatch.setattr(grads, "_GRAPHS_BROKEN", [])
+    grads.clear_cache()
+    torch.cuda.set_device(0)
+    dev = torch.device("cuda:1")
+    torch.manual_seed(0)
+    model = build_model("resnet18", 4, (3, 8, 8), 10).to(dev)
+    gen = torch.Generator().manual_seed(0)
+    batches = [TaskBatch(torch.randn(12, 3, 8, 8, generator=gen).to(dev), torch.randint(0, 2, (12,), generator=gen).to(dev),
+                         torch.tensor([2 * j, 2 * j + 1]).to(dev)) for j in range(2)]
+    for _ in range(4):
+        G = ref_grads_fast(model, batches)
+        assert G.device == dev and _rows_rel(G, ref_grads_grouped(model, batches)) <= 1e-5
+    assert not grads._GRAPHS_BROKEN and grads._GRAPH_CACHE[-1].graph is not None

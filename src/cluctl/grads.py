@@ -785,9 +785,10 @@ class GraphedRefGrads:
         # memory the graph reads (buffers, their concatenation) stays allocated
         self.model, self.batches = model, list(batches)
         self.stacked: _Stacked | None = None
+        self.stream = None
 
     def release(self) -> None:
-        self.graph = self.out = self.stacked = self.model = None
+        self.graph = self.out = self.stacked = self.model = self.stream = None
         self.batches = []
 
 
@@ -817,6 +818,14 @@ def _graph_key(model: nn.Module, batches: list[TaskBatch]) -> tuple:
 
 
 def _graphed_ref_grads(model: nn.Module, batches: list[TaskBatch]) -> torch.Tensor:
+    dev = param_list(model)[0].device
+    # everything on the model's GPU, which need not be the current one (launch workers on
+    # cuda:1 never call set_device): its streams, the capture and the replays
+    with torch.cuda.device(dev):
+        return _graphed_on_device(model, batches, dev)
+
+
+def _graphed_on_device(model: nn.Module, batches: list[TaskBatch], dev: torch.device) -> torch.Tensor:
     key = _graph_key(model, batches)
     entry = next((e for e in _GRAPH_CACHE if e.key == key), None)
     if entry is None:
@@ -833,9 +842,13 @@ def _graphed_ref_grads(model: nn.Module, batches: list[TaskBatch]) -> torch.Tens
         return entry.out.clone()
     if entry.calls == 1:
         return ref_grads_grouped(model, batches)
-    # warm-up on a side stream (its result is this step's), then capture
-    cur = torch.cuda.current_stream()
-    side = torch.cuda.Stream()
+    cur = torch.cuda.current_stream(dev)
+    # the stacked buffers the graph will read: built (or found) on the current stream and
+    # pinned by the entry before anything is captured
+    entry.stacked = _stacked(batches, _want_channels_last(batches[0].x))
+    # warm-up (its result is this step's) and capture on the entry's own stream: graphs
+    # that share a capture stream share cuBLAS workspaces, which releasing one can free
+    side = torch.cuda.Stream(device=dev)
     side.wait_stream(cur)
     with torch.cuda.stream(side):
         result = ref_grads_grouped(model, batches)
@@ -843,21 +856,21 @@ def _graphed_ref_grads(model: nn.Module, batches: list[TaskBatch]) -> torch.Tens
     result.record_stream(cur)
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
-            out = ref_grads_grouped(model, batches, autocast_cache=False)
+        with torch.cuda.stream(side):  # restores the caller's stream even if capture fails
+            with torch.cuda.graph(graph, stream=side):
+                out = ref_grads_grouped(model, batches, autocast_cache=False)
     except Exception as exc:  # noqa: BLE001 - any capture failure: eager from now on
         _GRAPHS_BROKEN.append(f"{type(exc).__name__}: {exc}")
         release_graphs()
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(dev)
         import sys
 
         print(f"warning: CUDA graph capture of the reference gradients failed ({type(exc).__name__}: "
-              f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); using the eager fast path",
-              file=sys.stderr)
+              f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); using the eager fast path from now on "
+              f"(if this process misbehaves later, rerun it with CLUCTL_CUDA_GRAPHS=0)", file=sys.stderr)
         return result
-    entry.graph, entry.out = graph, out
+    entry.graph, entry.out, entry.stream = graph, out, side
     GRAPH_STATS["captures"] += 1
-    entry.stacked = _stacked(batches, _want_channels_last(batches[0].x))
     return result
 
 
