@@ -50,3 +50,17 @@ def tree_hash(root) -> str:
 @pytest.fixture
 def store_dir(tmp_path):
     return tmp_path / "store"
+
+
+def clone_state(st):
+    """An independent copy of an engine State (model, learned/forgotten/history, buffers,
+    config, execution), so one module-scoped learned state serves many tests."""
+    import copy
+
+    new = copy.copy(st)
+    new.model = copy.deepcopy(st.model)
+    new.learned, new.forgotten, new.history = list(st.learned), list(st.forgotten), list(st.history)
+    new.buffers = {k: dict(v) for k, v in st.buffers.items()}
+    new.config = dict(st.config)
+    new.execution = dict(st.execution)
+    return new

@@ -8,10 +8,10 @@ by default, which is ~1e-3 relative, far above the 1e-5 the paths must agree to)
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
+from conftest import clone_state
 
 pytestmark = [
     pytest.mark.cuda,
@@ -48,16 +48,6 @@ def learned3_cuda():
     for t in range(3):
         learn_task(st, t)
     return st
-
-
-def _clone(st):
-    new = copy.copy(st)
-    new.model = copy.deepcopy(st.model)
-    new.learned, new.forgotten, new.history = list(st.learned), list(st.forgotten), list(st.history)
-    new.buffers = {k: dict(v) for k, v in st.buffers.items()}
-    new.config = dict(st.config)
-    new.execution = dict(st.execution)
-    return new
 
 
 @pytest.mark.parametrize("kind,width,shape", [("resnet18", 4, (3, 8, 8)), ("mlp", 16, (1, 8, 8))])
@@ -103,7 +93,7 @@ def test_steps_equal_classic_on_cuda(learned3_cuda, algo, exact_float32, monkeyp
             return x, info
         return run
 
-    st = _clone(learned3_cuda)
+    st = clone_state(learned3_cuda)
     if algo == "gem":
         monkeypatch.setitem(LEARN, "gem", LearnAlgorithm("gem", twin(LEARN["gem"].direction)))
         learn_task(st, 3, impl="fast")
@@ -137,7 +127,7 @@ def test_fast_projection_stays_on_device_and_equals_classic():
 def test_bf16_learn_and_unlearn_steps_run_on_cuda(learned3_cuda):
     from cluctl.engine import learn_task, unlearn_task
 
-    st = _clone(learned3_cuda)
+    st = clone_state(learned3_cuda)
     before = [p.detach().clone() for p in st.model.parameters()]
     s = learn_task(st, 3, precision="bf16")
     assert s["steps"] > 0 and not s.get("diverged")
@@ -243,7 +233,7 @@ def test_engine_steps_replay_graphs_that_match_eager(learned3_cuda, exact_float3
         return orig(g, refs, cfg)
 
     monkeypatch.setitem(LEARN, "gem", LearnAlgorithm("gem", twin))
-    st = _clone(learned3_cuda)
+    st = clone_state(learned3_cuda)
     stats = dict(grads.GRAPH_STATS)
     s = learn_task(st, 3, impl="fast")
     assert s["steps"] > 3 and len(errs) == s["steps"]

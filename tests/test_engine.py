@@ -12,7 +12,7 @@ from cluctl.models import build_model
 from cluctl.store import Store
 from cluctl.unlearning import random_labels, salun_mask
 
-from conftest import TINY
+from conftest import TINY, clone_state
 
 EPS = 1e-3
 
@@ -29,19 +29,6 @@ def learned3():
     for t in range(3):
         learn_task(st, t)
     return st
-
-
-def _clone(st):
-    import copy
-
-    new = copy.copy(st)
-    new.model = copy.deepcopy(st.model)
-    new.learned = list(st.learned)
-    new.forgotten = list(st.forgotten)
-    new.buffers = {k: dict(v) for k, v in st.buffers.items()}
-    new.history = list(st.history)
-    new.config = dict(st.config)
-    return new
 
 
 @pytest.mark.parametrize("kind,width", [("mlp", 16), ("resnet18", 4)])
@@ -76,7 +63,7 @@ def test_gem_learning_respects_constraints_every_step(learned3, monkeypatch):
         return x, info
 
     monkeypatch.setattr(gem, "gem_step", spy)
-    st = _clone(learned3)
+    st = clone_state(learned3)
     learn_task(st, 3)
     assert len(seen) > 10
     projected = 0
@@ -90,7 +77,7 @@ def test_gem_learning_respects_constraints_every_step(learned3, monkeypatch):
 
 
 def test_learn_fast_and_classic_agree_per_step(learned3):
-    a, b = _clone(learned3), _clone(learned3)
+    a, b = clone_state(learned3), clone_state(learned3)
     learn_task(a, 3, impl="fast")
     learn_task(b, 3, impl="classic")
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
@@ -116,7 +103,7 @@ AGEM_LIKE = ["negagem", "rl-agem"]
 
 @pytest.mark.parametrize("algo", GEM_LIKE + AGEM_LIKE)
 def test_unlearning_updates_respect_retained_constraints(learned3, algo):
-    st = _clone(learned3)
+    st = clone_state(learned3)
     steps = []
     summary = unlearn_task(st, 2, {"algo": algo, "max_epochs": 2}, step_hook=steps.append)
     assert summary["steps"] == len(steps) > 0
@@ -140,7 +127,7 @@ def test_unlearning_updates_respect_retained_constraints(learned3, algo):
 
 
 def test_neggrad_update_formula(learned3):
-    st = _clone(learned3)
+    st = clone_state(learned3)
     steps = []
     unlearn_task(st, 2, {"algo": "neggrad", "alpha": 0.3, "max_epochs": 1}, step_hook=steps.append)
     assert steps
@@ -159,7 +146,7 @@ def test_salun_mask_properties():
 
 
 def test_salun_gradient_mode_zeroes_masked_entries(learned3):
-    st = _clone(learned3)
+    st = clone_state(learned3)
     steps = []
     unlearn_task(st, 2, {"algo": "neggem", "salun_strength": 0.1, "salun_on": "gradient", "max_epochs": 1},
                  step_hook=steps.append)
@@ -171,7 +158,7 @@ def test_salun_gradient_mode_zeroes_masked_entries(learned3):
 
 
 def test_salun_update_mode_freezes_masked_weights(learned3):
-    st = _clone(learned3)
+    st = clone_state(learned3)
     before = torch.cat([p.detach().reshape(-1).clone() for p in st.model.parameters()])
     steps = []
     unlearn_task(st, 2, {"algo": "neggem", "salun_strength": 0.1, "salun_on": "update", "max_epochs": 1},
@@ -195,7 +182,7 @@ def test_random_labels_differ_and_stay_in_task():
 
 
 def test_rl_forget_labels_are_random_and_in_task(learned3):
-    st = _clone(learned3)
+    st = clone_state(learned3)
     steps = []
     unlearn_task(st, 2, {"algo": "rl-gem", "max_epochs": 1}, step_hook=steps.append)
     assert steps
@@ -204,7 +191,7 @@ def test_rl_forget_labels_are_random_and_in_task(learned3):
 
 
 def test_unlearning_reaches_stop_accuracy_and_updates_sets(learned3):
-    st = _clone(learned3)
+    st = clone_state(learned3)
     s = unlearn_task(st, 2, {"algo": "rl-gem"})
     assert s["stopped"] == "stop-acc" and s["final_forget_acc"] <= s["stop_acc"]
     assert st.learned == [0, 1] and st.forgotten == [2] and 2 not in st.buffers
@@ -220,7 +207,7 @@ def test_diverging_ascent_stops_with_finite_weights(learned3):
     """On the tiny profile (32 memories) the buffer's majority class is 19/32 = 0.594 > the
     stop accuracy, so gradient ascent collapses the model to one class and then blows up:
     the engine must stop before a non-finite update and keep finite weights."""
-    st = _clone(learned3)
+    st = clone_state(learned3)
     s = unlearn_task(st, 2, {"algo": "neggem"})
     assert s["stopped"] == "diverged"
     assert all(bool(torch.isfinite(p).all()) for p in st.model.parameters())

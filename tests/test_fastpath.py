@@ -16,11 +16,11 @@ classic to the bit on CPU); the default kernels are checked per step with a medi
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
 import torch
+from conftest import clone_state
 import torch.nn as nn
 
 import cluctl.grads as grads
@@ -62,15 +62,6 @@ def learned3(request):
     for t in range(3):
         learn_task(st, t)
     return st
-
-
-def _clone(st):
-    new = copy.copy(st)
-    new.model = copy.deepcopy(st.model)
-    new.learned, new.forgotten, new.history = list(st.learned), list(st.forgotten), list(st.history)
-    new.buffers = {k: dict(v) for k, v in st.buffers.items()}
-    new.config = dict(st.config)
-    return new
 
 
 class _Twin:
@@ -120,21 +111,21 @@ def _assert_strict(steps, what):
 
 
 def test_gem_learning_steps_equal_classic(learned3, classic_kernels, monkeypatch):
-    steps = _learn_twin(_clone(learned3), monkeypatch)
+    steps = _learn_twin(clone_state(learned3), monkeypatch)
     _assert_strict(steps, "gem")
     assert any(s["projected"] for s in steps), "the test must exercise the projection"
 
 
 @pytest.mark.parametrize("algo", UNLEARN_ALGOS)
 def test_unlearning_steps_equal_classic(learned3, algo, classic_kernels, monkeypatch):
-    _assert_strict(_unlearn_twin(_clone(learned3), algo, monkeypatch), algo)
+    _assert_strict(_unlearn_twin(clone_state(learned3), algo, monkeypatch), algo)
 
 
 def test_default_kernels_steps_equal_classic_up_to_relu_kinks(learned3, monkeypatch):
     monkeypatch.setitem(grads.FAST_OPTIONS, "channels_last", None)
     monkeypatch.setitem(grads.FAST_OPTIONS, "dense_small_conv", True)
-    steps = _learn_twin(_clone(learned3), monkeypatch)
-    steps += _unlearn_twin(_clone(learned3), "neggem", monkeypatch)
+    steps = _learn_twin(clone_state(learned3), monkeypatch)
+    steps += _unlearn_twin(clone_state(learned3), "neggem", monkeypatch)
     assert all(s["same_decision"] for s in steps)
     assert float(np.median([s["G"] for s in steps])) <= TOL
     assert float(np.median([s["x"] for s in steps])) <= TOL
