@@ -64,3 +64,12 @@ def clone_state(st):
     new.config = dict(st.config)
     new.execution = dict(st.execution)
     return new
+
+
+# the thesis README's command line (its option spellings), on the CPU and the offline digits
+THESIS = (
+    "--algorithm neggem --alpha 0.9 --number_of_gpus 3 --learn_mem_strength 0.5 --learn_batch_size 10 "
+    "--unlearn_mem_strength 0.6 --unlearn_batch_size 10 --average_over_n_runs 3 --salun 1 --salun_strength 0.2 "
+    "--mem_learning_buffer 1 --learning_buffer_split 0.2 --learning_buffer_type least --mem_unlearning_buffer 1 "
+    "--unlearning_buffer_split 0.2 --unlearning_buffer_type most --devices cpu --dataset digits"
+).split()

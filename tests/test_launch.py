@@ -17,12 +17,7 @@ from cluctl.launch import options as O
 from cluctl.launch.results import atomic_write_text, fmt, write_results
 from cluctl.store import Store
 
-THESIS = (
-    "--algorithm neggem --alpha 0.9 --number_of_gpus 3 --learn_mem_strength 0.5 --learn_batch_size 10 "
-    "--unlearn_mem_strength 0.6 --unlearn_batch_size 10 --average_over_n_runs 3 --salun 1 --salun_strength 0.2 "
-    "--mem_learning_buffer 1 --learning_buffer_split 0.2 --learning_buffer_type least --mem_unlearning_buffer 1 "
-    "--unlearning_buffer_split 0.2 --unlearning_buffer_type most --devices cpu --dataset digits"
-).split()
+from conftest import THESIS
 
 
 def plan(tmp_path, **opts):

@@ -19,16 +19,12 @@ import pytest
 from cluctl import launch as L
 from cluctl.store import Store
 
+from conftest import THESIS
+
 TINY = ["--model", "mlp", "--epochs", "1", "--memories", "32", "--learn-buffer-type", "first",
         "--unlearn-buffer-type", "same", "--devices", "cpu", "--threads", "1"]
 TINY_KW = dict(model="mlp", epochs=1, memories=32, learn_buffer_type="first", unlearn_buffer_type="same", devices="cpu")
 MATRICES = ("test_acc", "test_conf", "train_acc", "train_conf")
-THESIS = (
-    "--algorithm neggem --alpha 0.9 --number_of_gpus 3 --learn_mem_strength 0.5 --learn_batch_size 10 "
-    "--unlearn_mem_strength 0.6 --unlearn_batch_size 10 --average_over_n_runs 3 --salun 1 --salun_strength 0.2 "
-    "--mem_learning_buffer 1 --learning_buffer_split 0.2 --learning_buffer_type least --mem_unlearning_buffer 1 "
-    "--unlearning_buffer_split 0.2 --unlearning_buffer_type most --devices cpu --dataset digits"
-).split()
 
 
 def _env(extra=None):
