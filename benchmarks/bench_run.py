@@ -15,7 +15,11 @@ same operations through ``cluctl.engine`` directly (new_state, learn_task/unlear
 evaluate_state after every op, ACC via ``cluctl.metrics.acc_bwt``). All runs of one
 invocation share one store, so the memorization proxy for ranked buffers (the defaults
 least/most) is computed once per seed before any timing (by a ``cluctl learn --epochs 1``
-of task 0 per seed, untimed). ``cifar-synth`` is a CIFAR-shaped uint8 dataset with a
+of task 0 per seed, untimed). Besides the wall ratio it prints an equal-work ratio per seed
+(``equal_work_ratio``): the two impls' trajectories drift apart by float rounding, so an
+unlearning operation, which runs until its stop rule, can take 3x more steps in one run
+than in the other; weighting each operation's seconds per step by the same step count
+separates the speed of the impls from that chaos. ``cifar-synth`` is a CIFAR-shaped uint8 dataset with a
 learnable class signal (``bench_step.make_synthetic_npz``), 5 classes per task.
 
 ``budget``: the thesis-scale CIFAR-shaped A4 (20 tasks x 2,500 samples, 3 epochs, batch 10,
@@ -164,7 +168,7 @@ def run_launch(a, ds, store, seed, impl, precision, workdir, env, tag="a4", sequ
     s0 = summ["seeds"][0]
     return {"wall_s": m["wall_s"], "peak_rss_mb": m["peak_rss_mb"], "acc": s0.get("acc"),
             "final_retain_acc": s0.get("final_retain_acc"), "train_wall_s": s0.get("wall_s"),
-            "op_wall_s": s0.get("op_wall_s")}
+            "op_wall_s": s0.get("op_wall_s"), "op_steps": s0.get("op_steps")}
 
 
 def run_engine(a, ds, store, seed, impl, precision, workdir, env, sequence="A4"):
@@ -208,21 +212,22 @@ def _engine_main(argv) -> int:
     store = open_store(a.store)
     scores_fn = scores_provider(store, st.config)
     ops = resolve_sequence(a.sequence, st.n_tasks, a.seed)
-    rows, op_wall = [], []
+    rows, op_wall, op_steps = [], [], []
     for op in ops:
         t = time.perf_counter()
         if op.kind == "L":
-            learn_task(st, op.task, scores_fn=scores_fn, impl=a.impl)
+            summ = learn_task(st, op.task, scores_fn=scores_fn, impl=a.impl)
         else:
-            unlearn_task(st, op.task, {}, impl=a.impl)
+            summ = unlearn_task(st, op.task, {}, impl=a.impl)
         rows.append(evaluate_state(st)["test_acc"])
         op_wall.append(time.perf_counter() - t)
+        op_steps.append(int(summ["steps"]))
     labels = [str(o) for o in ops]
     acc, _ = acc_bwt(labels, np.array(rows))
     last = rows[-1]
     retain = float(np.mean([last[t] for t in st.learned])) if st.learned else None
     print(json.dumps({"acc": acc, "final_retain_acc": retain, "train_wall_s": time.perf_counter() - t0,
-                      "op_wall_s": op_wall, "torch_threads": torch.get_num_threads()}))
+                      "op_wall_s": op_wall, "op_steps": op_steps, "torch_threads": torch.get_num_threads()}))
     return 0
 
 
@@ -251,7 +256,8 @@ def cmd_a4(a) -> int:
             results.append(r)
             print(f"  seed {s} {impl:8} {prec}: wall {r['wall_s']:8.1f} s (ops {r['train_wall_s']:.1f} s), "
                   f"peak RSS {r['peak_rss_mb']:7.1f} MiB, ACC {r['acc']:.4f}, final retained acc "
-                  f"{(r['final_retain_acc'] if r['final_retain_acc'] is not None else float('nan')):.4f}", flush=True)
+                  f"{(r['final_retain_acc'] if r['final_retain_acc'] is not None else float('nan')):.4f}"
+                  f"{_steps_line(r)}", flush=True)
     print()
     print(f"{'config':18} {'wall s (median)':>16} {'ops s (median)':>15} {'peak RSS MiB':>13} {'mean ACC':>9} "
           f"{'mean retained':>14}")
@@ -273,13 +279,44 @@ def cmd_a4(a) -> int:
         for k in keys:
             if k != "classic/fp32":
                 r = summary[k]
+                eq = [equal_work_ratio(c, o) for s in seeds
+                      for c in results if c["seed"] == s and (c["impl"], c["precision"]) == ("classic", "fp32")
+                      for o in results if o["seed"] == s and f"{o['impl']}/{o['precision']}" == k]
+                eq = [x for x in eq if x is not None]
+                r["equal_work_ratio"] = statistics.median(eq) if eq else None
                 print(f"classic/fp32 vs {k}: wall ratio {base['wall_s'] / r['wall_s']:.2f}x, ops ratio "
                       f"{base['ops_s'] / r['ops_s']:.2f}x, mean ACC difference {r['acc'] - base['acc']:+.4f}, "
                       f"mean final retained difference {r['retain'] - base['retain']:+.4f}")
+                if eq:
+                    print(f"  equal-work ratio (the same steps in every operation): per seed "
+                          f"{', '.join(f'{x:.2f}x' for x in eq)}, median {statistics.median(eq):.2f}x")
     if a.json:
         Path(a.json).write_text(json.dumps({"results": results, "summary": summary, "dataset": ds,
                                             "load_average": load}, indent=1))
     return 0
+
+
+def equal_work_ratio(base: dict, other: dict) -> float | None:
+    """The speed-up of ``other`` over ``base`` on the same work: the trajectories of two
+    impls drift apart (float rounding), so their unlearning operations, which run until the
+    stop rule, can take very different numbers of steps. Each operation's seconds per step
+    (its wall time, evaluation included, over its steps) is weighted by the mean of the two
+    runs' step counts: sum_i n_i b_i / sum_i n_i o_i. None without step counts."""
+    bw, bs, ow, os_ = base.get("op_wall_s"), base.get("op_steps"), other.get("op_wall_s"), other.get("op_steps")
+    if not (bw and bs and ow and os_) or not (len(bw) == len(bs) == len(ow) == len(os_)):
+        return None
+    num = den = 0.0
+    for wb, nb, wo, no in zip(bw, bs, ow, os_):
+        if nb <= 0 or no <= 0:
+            continue
+        n = (nb + no) / 2
+        num += n * wb / nb
+        den += n * wo / no
+    return num / den if den > 0 else None
+
+
+def _steps_line(r: dict) -> str:
+    return "" if not r.get("op_steps") else f", steps per op {'/'.join(str(n) for n in r['op_steps'])}"
 
 
 # ---------------------------------------------------------------- budget

@@ -306,8 +306,8 @@ def test_results_layout_from_store(tmp_path):
     assert [e["seed"] for e in s["seeds"]] == [0, 1]
     e0 = s["seeds"][0]
     assert set(e0) >= {"seed", "ops", "acc", "bwt", "final_forget_acc", "final_retain_acc", "final_tow",
-                       "final_clu_mix", "wall_s", "op_wall_s"}
-    assert e0["op_wall_s"] == [1.25] * 4 and e0["wall_s"] == 5.0
+                       "final_clu_mix", "wall_s", "op_wall_s", "op_steps"}
+    assert e0["op_wall_s"] == [1.25] * 4 and e0["wall_s"] == 5.0 and e0["op_steps"] == [3] * 4
     assert set(s["mean"]) == {"acc", "bwt", "final_forget_acc", "final_retain_acc", "final_tow", "final_clu_mix", "wall_s"}
     # mean/std CSVs agree with the seeds
     import numpy as np

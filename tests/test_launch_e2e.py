@@ -96,6 +96,9 @@ def test_results_folder(ref, capfd):
             r = store.get_json(refs[f"runs/{ref['run']}/seed-{seed}/op-{i:03d}"])
             assert r["type"] == "op-result" and r["seed"] == seed and r["index"] == i and r["op"] == s["seeds"][seed]["ops"][i]
             assert store.has_object(r["checkpoint"]) and set(r["eval"]) == set(MATRICES) and r["mia"] is None
+            # summary.json's op_steps are the steps each operation's result records (an
+            # unlearning whose stop rule already holds takes none)
+            assert s["seeds"][seed]["op_steps"][i] == r["summary"]["steps"] >= (1 if r["op"][0] == "L" else 0)
     run_obj = store.get_json(refs[f"runs/{ref['run']}/config"])
     assert run_obj["type"] == "run" and run_obj["config"] == s["config"] and run_obj["sequence"] == "A4"
     # the same command again redoes nothing

@@ -202,7 +202,9 @@ def write_results(out: str | os.PathLike, run_obj: dict, per_seed: dict[int, lis
         except UsageError:  # e.g. a task without test samples (NaN accuracy): no metrics
             fm = {key: None for key in SUMMARY_KEYS}
         op_wall = [float(r.get("summary", {}).get("op_wall_s") or 0.0) for r in res]
-        seed_entries.append({"seed": s, "ops": labels, **fm, "wall_s": round(sum(op_wall), 4), "op_wall_s": op_wall})
+        op_steps = [int(r.get("summary", {}).get("steps") or 0) for r in res]
+        seed_entries.append({"seed": s, "ops": labels, **fm, "wall_s": round(sum(op_wall), 4), "op_wall_s": op_wall,
+                             "op_steps": op_steps})
         for i, r in enumerate(res):
             for row in r.get("mia") or []:
                 mia_rows.append([s, i, labels[i], row.get("task"), row.get("status"), row.get("attack"),
