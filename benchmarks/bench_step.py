@@ -32,7 +32,7 @@ subprocess (ru_maxrss; the baseline RSS after building the state is printed too)
 Pseudo-impls for comparisons: ``vmap`` (the previous fast path: torch.func.vmap over
 tasks), ``fast-nocl`` (fast without channels-last), ``fast-nograph`` (fast without CUDA
 graphs; on the CPU the same as fast) and ``fast-bf16`` (fast with ``--precision bf16``:
-the training forward passes under bf16 autocast; CUDA only) and ``fast-cudnnbench`` (fast
+the training forward passes under bf16 autocast; CUDA, or a CPU with native bf16) and ``fast-cudnnbench`` (fast
 with cuDNN's algorithm timing for the grouped pass; CUDA only), all with the fast projection.
 On CUDA the fast path replays the reference-gradient pass from a CUDA graph from the third
 step of an operation on; ``--warmup 2`` keeps the capture out of the medians.

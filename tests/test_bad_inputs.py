@@ -310,6 +310,7 @@ def _in_process(args, store, capfd, monkeypatch):
     monkeypatch.setenv("CLUCTL_STORE", str(store))
     monkeypatch.delenv("CLUCTL_FAULT", raising=False)
     monkeypatch.setenv("CLUCTL_DEBUG", "0")
+    monkeypatch.setenv("CLUCTL_CPU_BF16", "0")  # as on a CPU without native bf16 (the *-bf16-cpu cases)
     monkeypatch.setattr(launch_options, "visible_gpus", lambda: 0)
     clear_cache()
     threads = torch.get_num_threads()
@@ -364,7 +365,8 @@ SUB_CASES = [c for c in CASES if c[0] in SUBPROCESS]
 @pytest.mark.parametrize("case_id,args,words,kind", SUB_CASES, ids=[c[0] for c in SUB_CASES])
 def test_bad_input_subprocess(case_id, args, words, kind, world, tmp_path):
     def runner(a, store):
-        p = run_cli(a, store=store, env={"CUDA_VISIBLE_DEVICES": "", "CLUCTL_DEBUG": "0"}, timeout=120)
+        p = run_cli(a, store=store, env={"CUDA_VISIBLE_DEVICES": "", "CLUCTL_DEBUG": "0", "CLUCTL_CPU_BF16": "0"},
+                    timeout=120)
         return p.returncode, p.stdout, p.stderr
 
     _run_case(case_id, args, words, kind, world, tmp_path, runner)

@@ -24,7 +24,7 @@ from conftest import clone_state
 import torch.nn as nn
 
 import cluctl.grads as grads
-from cluctl.engine import learn_task, new_state, run_config, unlearn_task
+from cluctl.engine import evaluate_state, learn_task, new_state, run_config, unlearn_task
 from cluctl.errors import UsageError
 from cluctl.grads import TaskBatch, forward_precision, ref_grads_classic, ref_grads_fast, ref_grads_vmap
 from cluctl.learning import REGISTRY as LEARN, LearnAlgorithm, RefContext
@@ -243,7 +243,7 @@ def test_blocked_cpu_projection_equals_unblocked(monkeypatch):
 
 
 def test_bf16_grouped_path_runs_close_to_float32():
-    """bf16 autocast is CUDA-only in the engine; the grads-level code is exercised on CPU."""
+    """The grads-level bf16 code on the CPU (the engine allows it on CPUs with native bf16)."""
     torch.manual_seed(0)
     model = build_model("mlp", 32, (1, 8, 8), 10)
     batches = _batches((1, 8, 8), [16, 16])
@@ -259,12 +259,47 @@ def test_bf16_grouped_path_runs_close_to_float32():
         assert bool(torch.isfinite(ref_grads_fast(resnet, batches)).all())
 
 
-def test_engine_refuses_bf16_on_cpu():
+def test_engine_refuses_bf16_on_a_cpu_without_native_bf16(monkeypatch):
+    monkeypatch.setenv("CLUCTL_CPU_BF16", "0")  # as on a CPU without AMX or AVX512-BF16
     st = new_state(run_config(dataset="digits", model="mlp", width=8, epochs=1, memories=8,
                               learn_buffer_type="first", unlearn_buffer_type="same"), device="cpu")
-    with pytest.raises(UsageError, match="--precision bf16 needs a CUDA device"):
+    msg = "--precision bf16 needs a CUDA device or a CPU with native bf16"
+    with pytest.raises(UsageError, match=msg):
         learn_task(st, 0, precision="bf16")
     st.execution["precision"] = "bf16"
-    with pytest.raises(UsageError, match="--precision bf16 needs a CUDA device"):
+    with pytest.raises(UsageError, match=msg):
         learn_task(st, 0)
     assert st.learned == [] and st.history == []
+
+
+@pytest.mark.parametrize("env,native,expected", [("0", True, False), ("off", True, False), ("1", False, True),
+                                                 ("", True, True), ("", False, False), ("auto", False, False)])
+def test_cpu_bf16_detection_and_its_override(monkeypatch, env, native, expected):
+    import cluctl.grads as G
+
+    monkeypatch.setenv("CLUCTL_CPU_BF16", env)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert G.cpu_bf16_native() is expected
+    assert G.bf16_supported(torch.device("cpu")) is expected
+    assert G.bf16_supported(torch.device("cuda")) is True
+
+
+def test_engine_runs_bf16_on_a_cpu_with_native_bf16(monkeypatch):
+    """Where the CPU has native bf16 the engine runs the training forward passes under bf16
+    autocast (forced here, so the test runs on any CPU): the result differs from float32 by
+    rounding, and learns as well."""
+    monkeypatch.setenv("CLUCTL_CPU_BF16", "1")
+    cfg = run_config(dataset="digits", model="mlp", width=32, epochs=1, memories=32, learn_buffer_type="first",
+                     unlearn_buffer_type="same", seed=3)
+    runs = {}
+    for prec in ("fp32", "bf16"):
+        st = new_state(cfg, device="cpu")
+        for t in (0, 1):  # task 1 has a reference gradient (the grouped path under autocast)
+            learn_task(st, t, precision=prec)
+        runs[prec] = (torch.cat([p.detach().flatten() for p in st.model.parameters()]),
+                      evaluate_state(st)["test_acc"])
+    (w32, acc32), (w16, acc16) = runs["fp32"], runs["bf16"]
+    assert (w32 - w16).abs().max() > 1e-4  # bf16 was applied
+    assert bool(torch.isfinite(w16).all())
+    assert abs(float(np.mean(acc16[:2])) - float(np.mean(acc32[:2]))) < 0.1, (acc16, acc32)

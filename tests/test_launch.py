@@ -45,6 +45,18 @@ def test_run_name_format_and_hash_excludes_execution_options(tmp_path, monkeypat
         assert p.config == base.config
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_plan_allows_bf16_on_cpu_devices_only_with_native_bf16(tmp_path, monkeypatch, native):
+    monkeypatch.setenv("CLUCTL_CPU_BF16", "1" if native else "0")
+    if native:
+        p = plan(tmp_path, sequence="L0-1", precision="bf16")
+        assert p.precision == "bf16" and p.devices == ["cpu"]
+        assert p.run == plan(tmp_path, sequence="L0-1").run  # precision is not part of the identity
+    else:
+        with pytest.raises(UsageError, match="--devices includes cpu and this CPU has neither"):
+            plan(tmp_path, sequence="L0-1", precision="bf16")
+
+
 def test_run_name_resolves_dependent_defaults_and_changes_with_science(tmp_path):
     base = plan(tmp_path)
     assert base.config["unlearning_rate"] == 0.01 and base.config["forget_loss_scale"] == 5.0

@@ -215,9 +215,9 @@ def test_in_process_seed_matches_spawned(ref, tmp_path):
     same_csvs(ref["res"], tmp_path / "res", [2], extra=())
 
 
-def test_worker_hands_precision_to_the_engine(tmp_path):
+def test_worker_hands_precision_to_the_engine(tmp_path, monkeypatch):
     """The worker passes --precision to the engine (which applies it to the training passes
-    only and refuses bf16 off CUDA) instead of wrapping whole operations in autocast itself:
+    only and refuses bf16 off CUDA and native-bf16 CPUs) instead of wrapping whole operations in autocast itself:
     a job that got past the plan's check with bf16 on the CPU fails in the engine, before
     any operation is stored."""
     import torch
@@ -225,6 +225,7 @@ def test_worker_hands_precision_to_the_engine(tmp_path):
     from cluctl.errors import UsageError
     from cluctl.launch.core import register_run
 
+    monkeypatch.setenv("CLUCTL_CPU_BF16", "0")  # as on a CPU without native bf16
     threads = torch.get_num_threads()
     try:
         p = L.plan(sequence="L0-1", seed_list="0", store=str(tmp_path / "st"), out=str(tmp_path / "res"), threads=1,
@@ -233,7 +234,7 @@ def test_worker_hands_precision_to_the_engine(tmp_path):
         register_run(store, p)
         job = {"run": p.run, "seed": 0, "config": p.config, "sequence": p.sequence, "device": "cpu", "threads": 1,
                "impl": "fast", "precision": "bf16", "store": p.store, "mia": False}
-        with pytest.raises(UsageError, match="--precision bf16 needs a CUDA device"):
+        with pytest.raises(UsageError, match="--precision bf16 needs a CUDA device or a CPU with native bf16"):
             L.run_seed(job)
         assert store.get_ref(f"runs/{p.run}/seed-0/op-000") is None
     finally:

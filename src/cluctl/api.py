@@ -80,7 +80,8 @@ def learn(task: int, from_ref: str | None = None, store=None, device: str | None
           data_root: str | None = None, download: bool = False, impl: str = "fast",
           threads: int | None = None, progress=None, precision: str = "fp32", **options: Any) -> OpResult:
     """Learn ``task``; returns the new checkpoint (``.id``) and a summary. ``precision="bf16"``
-    (CUDA only) runs the training forward passes under bf16 autocast."""
+    (CUDA, or a CPU with native bf16: AMX or AVX512-BF16) runs the training forward passes
+    under bf16 autocast."""
     st = open_store(store)
     # --threads -1 or --precision fp16: one line, not a torch error
     ex = C.validate_execution({"impl": impl, "threads": threads, "precision": precision})
@@ -98,7 +99,7 @@ def learn(task: int, from_ref: str | None = None, store=None, device: str | None
     else:
         state = new_state(run_config(**run, **learn_opts), device=device, data_root=data_root,
                           download=download, threads=threads)
-        check_precision(state, precision)  # bf16 on a CPU fails before the initial checkpoint is written
+        check_precision(state, precision)  # bf16 where it is refused fails before the initial checkpoint is written
         if state.config.get("mem_scores"):
             # a bad --mem-scores must fail before the initial checkpoint is written
             from .buffers.memorization import load_scores

@@ -29,6 +29,7 @@ from .grads import (
     TaskBatch,
     apply_update,
     batch_grad,
+    bf16_supported,
     forward_precision,
     masked_ce,
     param_list,
@@ -134,19 +135,21 @@ def _task_batch(state: State, task: int, indices) -> TaskBatch:
 
 
 def check_precision(state: State, precision: str | None) -> str:
-    """The precision to run ``state``'s operations with: fp32 (default) or bf16, CUDA only."""
+    """The precision to run ``state``'s operations with: fp32 (default) or bf16 (CUDA, or a
+    CPU with native bf16: :func:`cluctl.grads.bf16_supported`)."""
     prec = precision or "fp32"
     if prec not in C.PRECISIONS:
         raise UsageError(f"--precision: unknown value {prec!r}", "use fp32 or bf16")
-    if prec == "bf16" and state.device.type != "cuda":
-        raise UsageError(f"--precision bf16 needs a CUDA device, not {state.device}",
-                         "use --precision fp32 on the CPU, or --device cuda")
+    if prec == "bf16" and not bf16_supported(state.device):
+        where = "this CPU has neither" if state.device.type == "cpu" else f"not {state.device}"
+        raise UsageError(f"--precision bf16 needs a CUDA device or a CPU with native bf16 (AMX or AVX512-BF16); "
+                         f"{where}", "use --precision fp32 here, or --device cuda")
     return prec
 
 
 def _with_precision(op):
     """Adds ``precision=`` to an operation (default: ``state.execution["precision"]``, else
-    fp32). ``bf16`` runs the training forward passes under autocast (CUDA only). When the
+    fp32). ``bf16`` runs the training forward passes under autocast (CUDA, native-bf16 CPUs). When the
     operation ends, the CUDA graphs captured for its buffers are released."""
 
     @functools.wraps(op)

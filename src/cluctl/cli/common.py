@@ -22,7 +22,7 @@ DownloadOpt = typer.Option(False, "--download", help="Download CIFAR through tor
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda:0 if visible, else cpu).")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for this process (default: all cores).")
 ImplOpt = typer.Option("fast", "--impl", help="fast (batched reference gradients, Gram-only QP) or classic (GEM reference code structure).")
-PrecisionOpt = typer.Option("fp32", "--precision", help="fp32, or bf16 autocast of the training forward passes (CUDA only).")
+PrecisionOpt = typer.Option("fp32", "--precision", help="fp32, or bf16 autocast of the training forward passes (CUDA, or a CPU with AMX/AVX512-BF16).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on stderr.")
 
 

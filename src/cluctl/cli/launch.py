@@ -94,7 +94,7 @@ def launch(
     threads: Optional[int] = typer.Option(None, "--threads", rich_help_panel=P_EXEC,
                                           help="CPU threads per seed process (default: cores / concurrent processes, at least 1)."),
     impl: Optional[str] = typer.Option(None, "--impl", rich_help_panel=P_EXEC, help="fast or classic (default: fast)."),
-    precision: Optional[str] = typer.Option(None, "--precision", rich_help_panel=P_EXEC, help="fp32, or bf16 autocast of the training forward passes (CUDA devices only) (default: fp32)."),
+    precision: Optional[str] = typer.Option(None, "--precision", rich_help_panel=P_EXEC, help="fp32, or bf16 autocast of the training forward passes (CUDA devices, or CPUs with AMX/AVX512-BF16) (default: fp32)."),
     store: Optional[str] = typer.Option(None, "--store", envvar="CLUCTL_STORE", show_envvar=False, rich_help_panel=P_EXEC,
                                         help="Store directory (default: $CLUCTL_STORE or ./store)."),
     # --- output

@@ -488,8 +488,12 @@ def make_plan(values: dict[str, Any], store=None) -> Plan:
     per_device = _int(_DEFAULTS["per_device"] if v.get("per_device") is None else v["per_device"], "per_device", 1)
     execution = C.validate_execution({"impl": v.get("impl"), "precision": v.get("precision"), "threads": v.get("threads")})
     if execution["precision"] == "bf16" and not aggregate_only and any(not d.startswith("cuda") for d in devices):
-        raise UsageError("--precision bf16 needs CUDA devices, but --devices includes cpu",
-                         "use --precision fp32 on the CPU, or run on GPUs (--gpus N)")
+        from ..grads import cpu_bf16_native
+
+        if not cpu_bf16_native():
+            raise UsageError("--precision bf16 needs CUDA devices or a CPU with native bf16 (AMX or AVX512-BF16), "
+                             "but --devices includes cpu and this CPU has neither",
+                             "use --precision fp32 on this CPU, or run on GPUs (--gpus N)")
     classes = dataset_meta(config["dataset"], data_root, download)[1]
     plan = Plan(
         run=name, config=config, sequence=sequence, seeds=seeds, seeds_given=seeds_given,
