@@ -37,8 +37,9 @@ Mixed precision: inside :func:`forward_precision` (``"bf16"``) the training forw
 (:func:`batch_grad`, classic and grouped reference gradients; the vmap fallback stays
 float32) run under ``torch.autocast``/in bf16; gradients are accumulated into float32 and
 the projection is unchanged. The engine allows it on CUDA and on CPUs with native bf16
-instructions (:func:`bf16_supported`: AMX or AVX512-BF16, where oneDNN's bf16 convolutions
-are about 2x faster than float32; elsewhere bf16 is emulated and slower than float32).
+instructions (:func:`bf16_supported`: AMX or AVX512-BF16; on a 2-core AMX Xeon a
+CIFAR-shaped fast step at T = 5 is 2.1x faster than in float32, an 8x8 digits step at
+T = 4 1.4x), and refuses it on CPUs without hardware bf16.
 """
 
 from __future__ import annotations
@@ -928,7 +929,8 @@ def apply_update(params: list[torch.Tensor], x: torch.Tensor, lr: float) -> None
 
 
 __all__ = [
-    "TaskBatch", "reference_mode", "forward_precision", "bf16_supported", "cpu_bf16_native", "masked_ce", "param_list", "n_params", "flat_grad",
+    "TaskBatch", "reference_mode", "forward_precision", "bf16_supported", "cpu_bf16_native", "masked_ce",
+    "param_list", "n_params", "flat_grad",
     "batch_grad", "ref_grads_classic", "ref_grads_vmap", "ref_grads_grouped", "ref_grads_fast", "ref_grads",
     "apply_update", "clear_cache", "release_graphs", "FAST_OPTIONS",
 ]
