@@ -336,24 +336,32 @@ def _fit(points):
     return float(a), float(b)
 
 
-def cmd_budget(a) -> int:
+def _thesis_state(a, name: str, learn_buffer_type: str, unlearn_buffer_type: str):
+    """The engine state that ``budget`` and ``probe`` time (dataset written under the work
+    dir, torch threads set), and the seconds it took to build."""
     import torch
 
-    from cluctl.engine import evaluate_state, learn_task, new_state, run_config, unlearn_task
-    from cluctl.sequences import resolve_sequence
+    from cluctl.engine import new_state, run_config
 
-    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="cluctl-bench-budget-"))
+    workdir = Path(a.workdir or tempfile.mkdtemp(prefix=f"cluctl-bench-{name}-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t_data = time.perf_counter()
     ds = dataset_spec(a, workdir)
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = run_config(dataset=ds, tasks=a.tasks, model=a.model, width=a.width, seed=0,
-                     epochs=a.epochs, memories=a.memories, learn_buffer_type=a.learn_buffer_type or "random",
-                     unlearn_buffer_type=a.unlearn_buffer_type or "random")
-    st = new_state(cfg, device=a.device)
+    cfg = run_config(dataset=ds, tasks=a.tasks, model=a.model, width=a.width, seed=0, epochs=a.epochs,
+                     memories=a.memories, learn_buffer_type=learn_buffer_type, unlearn_buffer_type=unlearn_buffer_type)
+    return new_state(cfg, device=a.device), time.perf_counter() - t_data
+
+
+def cmd_budget(a) -> int:
+    import torch
+
+    from cluctl.engine import evaluate_state, learn_task, unlearn_task
+    from cluctl.sequences import resolve_sequence
+
+    st, data_s = _thesis_state(a, "budget", a.learn_buffer_type or "random", a.unlearn_buffer_type or "random")
     st.execution["precision"] = a.precision
-    data_s = time.perf_counter() - t_data
     N, bs = st.n_tasks, st.config["batch_size"]
     spt = int(len(st.dataset.y_train) // N)
     print(f"bench_run budget: {a.model} width {st.config['width']} on {tuple(st.dataset.input_shape)}, {N} tasks x "
@@ -452,17 +460,9 @@ def cmd_probe(a) -> int:
     import torch
 
     from cluctl.data import task_indices
-    from cluctl.engine import evaluate_state, learn_task, new_state, run_config, unlearn_task
+    from cluctl.engine import evaluate_state, learn_task, unlearn_task
 
-    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="cluctl-bench-probe-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    t_data = time.perf_counter()
-    ds = dataset_spec(a, workdir)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    cfg = run_config(dataset=ds, tasks=a.tasks, model=a.model, width=a.width, seed=0, epochs=a.epochs,
-                     memories=a.memories, learn_buffer_type="random", unlearn_buffer_type="random")
-    st = new_state(cfg, device=a.device)
+    st, data_s = _thesis_state(a, "probe", "random", "random")
     init = {k: v.detach().clone() for k, v in st.model.state_dict().items()}
     N, bs, M = st.n_tasks, st.config["batch_size"], st.config["memories"]
     spt = int(len(st.dataset.y_train) // N)
@@ -474,7 +474,7 @@ def cmd_probe(a) -> int:
     print(f"bench_run probe: {a.model} width {st.config['width']} on {tuple(st.dataset.input_shape)}, {N} tasks x "
           f"{spt} samples, batch {bs}, {M} memories; device {st.device}; T in {Ts}; {a.steps} learn and "
           f"{a.unlearn_steps} unlearn steps per probe (median of all but the first 3); configs "
-          f"{['/'.join(c) for c in configs]}; data and state {time.perf_counter() - t_data:.1f} s", flush=True)
+          f"{['/'.join(c) for c in configs]}; data and state {data_s:.1f} s", flush=True)
     rows = {tuple(c): {} for c in configs}
     gen = torch.Generator().manual_seed(0)
     bufs = {}
