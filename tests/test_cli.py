@@ -86,6 +86,8 @@ def test_help_has_examples():
 BAD = [
     (["learn", "--task", 0, "--dataset", "mnist"], ["unknown dataset"]),
     (["learn", "--task", 7, *TINY_FLAGS], ["task 7", "out of range"]),
+    # another seed: another initial checkpoint, which must not be written before the check
+    (["learn", "--task", 7, "--seed", 5, *TINY_FLAGS], ["task 7", "out of range"]),
     (["learn", "--task", -1, *TINY_FLAGS], ["out of range"]),
     (["learn", "--task", "x"], ["--task"]),
     (["learn", "--task", 0, "--from", "deadbeefdeadbeef"], ["deadbeefdeadbeef"]),
@@ -113,6 +115,38 @@ def test_bad_input_is_one_line_exit_2_store_unchanged(chain, args, words):
     p = run_cli(args, store=store)
     _one_line_error(p, 2, *words)
     assert tree_hash(store) == before
+
+
+NEW_STORE_BAD = [
+    (["learn", "--task", 7, *TINY_FLAGS], {}, ["out of range"]),
+    (["learn", "--task", 0, "--lr", -1, *TINY_FLAGS], {}, ["--lr"]),
+    (["learn", "--task", 0, "--precision", "bf16", *TINY_FLAGS], {"CLUCTL_CPU_BF16": "0"}, ["bf16"]),
+    (["launch", "--sequence", "L9", "--quiet", *TINY_FLAGS], {}, ["L9"]),
+    (["launch", "--seeds", 0, "--lr", -1, "--quiet", *TINY_FLAGS], {}, ["--lr"]),
+    (["launch", "--precision", "bf16", "--quiet", *TINY_FLAGS], {"CLUCTL_CPU_BF16": "0"}, ["bf16"]),
+]
+
+
+@pytest.mark.parametrize("args,env,words", NEW_STORE_BAD, ids=[" ".join(map(str, a[:4])) for a, _, _ in NEW_STORE_BAD])
+def test_failed_command_leaves_no_new_store(tmp_path, args, env, words):
+    """A command that fails on bad input leaves no empty store (nor the parent directories
+    its creation made) behind; a directory that was already there stays, empty."""
+    store = tmp_path / "new" / "sub" / "store"
+    p = run_cli([*args, "--store", store], env=env, timeout=120)
+    _one_line_error(p, 2, *words)
+    assert not (tmp_path / "new").exists(), sorted(map(str, (tmp_path / "new").rglob("*")))
+    store.mkdir(parents=True)
+    p = run_cli([*args, "--store", store], env=env, timeout=120)
+    _one_line_error(p, 2, *words)
+    assert store.is_dir() and list(store.iterdir()) == []
+
+
+def test_successful_command_keeps_its_new_store(tmp_path):
+    store = tmp_path / "a" / "store"
+    p = run_cli(["learn", "--task", 0, "--quiet", *TINY_FLAGS, "--store", store], check=0)
+    assert (store / "VERSION").is_file()
+    assert run_cli(["store", "ls"], store=store, check=0).stdout.count("checkpoints/") == 2
+    assert len(p.stdout.strip()) == 64
 
 
 UNLEARN_BAD = [

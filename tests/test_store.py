@@ -99,6 +99,49 @@ def test_layout_and_open(tmp_path, monkeypatch):
     assert "version" in one_line(ei.value)
 
 
+def test_discard_new_stores_removes_only_untouched_stores_of_this_command(tmp_path):
+    from cluctl.store import core
+
+    kept_before = Store.open(tmp_path / "before")  # created before the mark: not this command's
+    mark = core.new_stores_mark()
+    fresh = Store.open(tmp_path / "p" / "q" / "fresh")  # parents made by the creation
+    (tmp_path / "empty").mkdir()
+    Store.open(tmp_path / "empty")  # a directory that was there
+    used = Store.open(tmp_path / "used")
+    used.put_bytes(b"x")
+    with_ref = Store.open(tmp_path / "withref")
+    (with_ref.root / "refs" / "tags").mkdir()  # anything beyond the bare layout counts
+    existing = Store.open(tmp_path / "before")  # already existed: not new
+    removed = core.discard_new_stores(mark)
+    assert sorted(removed) == sorted([fresh.root, tmp_path / "empty"])
+    assert not (tmp_path / "p").exists()
+    assert (tmp_path / "empty").is_dir() and list((tmp_path / "empty").iterdir()) == []
+    assert (used.root / "VERSION").is_file() and b"x" == used.get_bytes(used.put_bytes(b"x"))
+    assert (with_ref.root / "VERSION").is_file()
+    assert (existing.root / "VERSION").is_file() and kept_before.root == existing.root
+    assert core.new_stores_mark() == mark
+    core.forget_new_stores(0)
+    assert core.discard_new_stores(0) == [] and (kept_before.root / "VERSION").is_file()
+
+
+def test_discarded_store_is_made_again_by_a_later_write(tmp_path):
+    """Another process's failed command discarded a new store this one had opened: its
+    first write makes the whole layout again, so the store stays valid."""
+    from cluctl.store import core
+
+    mark = core.new_stores_mark()
+    a = Store.open(tmp_path / "s")
+    b = Store.open(tmp_path / "s")  # the second opener (another process, in effect)
+    assert core.discard_new_stores(mark) == [a.root] and not a.root.exists()
+    oid = b.put_bytes(b"payload")
+    b.set_ref("tags/t", oid)
+    assert (b.root / "VERSION").read_text().strip() == "1" and (b.root / "CACHEDIR.TAG").is_file()
+    again = Store.open(tmp_path / "s")
+    assert again.get_bytes(again.resolve("tags/t")) == b"payload"
+    assert list(again.verify()) == []
+    core.forget_new_stores(mark)
+
+
 # ---------------------------------------------------------------------- objects
 def test_put_get_roundtrip(store):
     data = b"hello \x00 world" * 100

@@ -24,6 +24,7 @@ import numpy as np
 from . import config as C
 from .engine import (
     State,
+    check_learnable,
     check_precision,
     evaluate_state,
     learn_task,
@@ -100,6 +101,7 @@ def learn(task: int, from_ref: str | None = None, store=None, device: str | None
         state = new_state(run_config(**run, **learn_opts), device=device, data_root=data_root,
                           download=download, threads=threads)
         check_precision(state, precision)  # bf16 where it is refused fails before the initial checkpoint is written
+        check_learnable(state, task)  # so does a task out of range
         if state.config.get("mem_scores"):
             # a bad --mem-scores must fail before the initial checkpoint is written
             from .buffers.memorization import load_scores

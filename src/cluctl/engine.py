@@ -176,6 +176,16 @@ def check_task(state: State, task: int) -> int:
     return t
 
 
+def check_learnable(state: State, task: int) -> int:
+    """``task`` as an int if it can be learned: in range, with at least 2 training samples
+    (BatchNorm and the batches need 2). Callers check before writing anything."""
+    task = check_task(state, task)
+    n = len(task_indices(state.dataset.y_train, state.classes(task)))
+    if n < 2:
+        raise UsageError(f"task {task} has {n} training sample(s); at least 2 are needed")
+    return task
+
+
 # ---------------------------------------------------------------- creation
 
 
@@ -237,7 +247,7 @@ ScoresFn = Callable[["State"], tuple[np.ndarray, str | None]]
 def learn_task(state: State, task: int, progress: ProgressFn | None = None,
                scores_fn: ScoresFn | None = None, impl: str = "fast") -> dict:
     """Learn ``task`` with the configured algorithm (SPEC §2), then fill its buffers (§5)."""
-    task = check_task(state, task)
+    task = check_learnable(state, task)
     cfg = state.config
     algo = get_learn_algo(cfg["learn_algo"])
     t0 = time.perf_counter()
@@ -248,8 +258,6 @@ def learn_task(state: State, task: int, progress: ProgressFn | None = None,
     cls = state.classes(task)
     idx = task_indices(state.dataset.y_train, cls)
     n = len(idx)
-    if n < 2:
-        raise UsageError(f"task {task} has {n} training sample(s); at least 2 are needed")
     lut = _lookup(state.dataset.num_classes, cls, state.device)
     cls_t = torch.tensor(cls, device=state.device)
     X = x_tr[idx.to(state.device)]

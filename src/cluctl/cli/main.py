@@ -272,7 +272,10 @@ _mount()
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: run the app, turning every error into one line and an exit code."""
+    from ..store import core as store_core
+
     debug = os.environ.get("CLUCTL_DEBUG") not in (None, "", "0")
+    mark = store_core.new_stores_mark()
     try:
         rv = app(args=argv, prog_name="cluctl", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
@@ -310,6 +313,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         err.print(f"error: internal error: {type(e).__name__}: {text} — set CLUCTL_DEBUG=1 for the traceback "
                   "and report it", markup=False, soft_wrap=True)
         code = 1
+    if code == 0:
+        store_core.forget_new_stores(mark)
+    else:  # a failed command leaves no empty store of its own making behind
+        store_core.discard_new_stores(mark)
     sys.stdout.flush()
     sys.exit(code)
 

@@ -134,9 +134,61 @@ class GcReport:
     spared_recent: int = 0
 
 
+# Stores this process created: (root, the topmost directory the creation made, None when
+# root already existed, empty). A command that fails before writing anything removes them
+# again (discard_new_stores), so a rejected option or a typo in --store leaves no empty
+# store behind.
+_NEW_STORES: list[tuple[Path, Path | None]] = []
+
+
+def new_stores_mark() -> int:
+    """A mark to pass to :func:`forget_new_stores` / :func:`discard_new_stores` so they only
+    touch the stores created after it (one command's)."""
+    return len(_NEW_STORES)
+
+
+def forget_new_stores(since: int = 0) -> None:
+    """Keep the stores created since ``since``, whatever happens next (a command that succeeded)."""
+    del _NEW_STORES[since:]
+
+
+def discard_new_stores(since: int = 0) -> list[Path]:
+    """Remove each store this process created that is still exactly as created (the layout
+    and nothing else: no object, ref, tombstone or temp file), and the parent directories
+    its creation made; return the roots removed. Only ``rmdir`` and the two layout files
+    are removed, so anything written meanwhile (another process's objects, say) keeps its
+    store. A directory that existed before (empty) is left in place, emptied again."""
+    removed = []
+    while len(_NEW_STORES) > since:
+        root, top = _NEW_STORES.pop()
+        try:
+            if set(os.listdir(root)) != _LAYOUT_ENTRIES:
+                continue
+            subs = [root / d for d in ("objects", "refs", "tombstones", "tmp")]
+            if any(d.is_symlink() or not d.is_dir() or os.listdir(d) for d in subs):
+                continue
+            for d in subs:
+                os.rmdir(d)
+            for f in ("VERSION", "CACHEDIR.TAG"):
+                os.unlink(root / f)
+            removed.append(root)
+            if top is not None:
+                d = root
+                while True:
+                    os.rmdir(d)  # fails (and stops) at a directory something else put a file in
+                    if d == top:
+                        break
+                    d = d.parent
+        except OSError:
+            continue
+    return removed
+
+
 class Store:
     """A store rooted at a directory. ``Store(path)`` and ``Store.open(path)`` create it if
-    missing (parents too) and check the layout version of an existing one."""
+    missing (parents too) and check the layout version of an existing one. A store created
+    by this process is remembered until :func:`forget_new_stores`; :func:`discard_new_stores`
+    removes the ones still empty (the CLI calls it when a command fails)."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(os.path.abspath(os.fspath(root)))
@@ -176,15 +228,25 @@ class Store:
                     f"{root} is not a cluctl store: it is not empty and has no VERSION file",
                     "pick an empty or new directory, or the directory of an existing store",
                 )
+        top = root  # the topmost directory this creation makes (root, or a missing parent)
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        existed = root.is_dir()
         with self._writing("create the store"):
-            os.makedirs(root, exist_ok=True)
-            self._ensure_subdirs(best_effort=False)
-            tag = root / "CACHEDIR.TAG"
-            if not tag.exists():
-                self._atomic_write(tag, CACHEDIR_TAG.encode(), mode=0o644)
-            if not version_file.exists():
-                self._atomic_write(version_file, (LAYOUT_VERSION + "\n").encode(), mode=0o644)
+            self._create_layout()
+        if all(r != root for r, _ in _NEW_STORES):
+            _NEW_STORES.append((root, None if existed else top))
         self._check_version(version_file)
+
+    def _create_layout(self) -> None:
+        os.makedirs(self.root, exist_ok=True)
+        self._ensure_subdirs(best_effort=False)
+        tag = self.root / "CACHEDIR.TAG"
+        if not tag.exists():
+            self._atomic_write(tag, CACHEDIR_TAG.encode(), mode=0o644)
+        version_file = self.root / "VERSION"
+        if not version_file.exists():
+            self._atomic_write(version_file, (LAYOUT_VERSION + "\n").encode(), mode=0o644)
 
     def _check_version(self, version_file: Path) -> None:
         try:
@@ -246,6 +308,11 @@ class Store:
             try:
                 fd = os.open(tmp, flags, mode)
             except FileNotFoundError:
+                # tmp/ is gone: the store this process opened while it was new and empty was
+                # discarded by another process's failed command (discard_new_stores); make
+                # the layout again so this write leaves a valid store
+                if not (self.root / "VERSION").exists() and final.name != "VERSION" and final.name != "CACHEDIR.TAG":
+                    self._create_layout()
                 os.makedirs(tmp.parent, exist_ok=True)
                 fd = os.open(tmp, flags, mode)
             half = len(view) // 2
