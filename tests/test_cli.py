@@ -141,6 +141,13 @@ def test_failed_command_leaves_no_new_store(tmp_path, args, env, words):
     assert store.is_dir() and list(store.iterdir()) == []
 
 
+def test_failed_command_in_debug_mode_leaves_no_new_store(tmp_path):
+    store = tmp_path / "new" / "store"
+    p = run_cli(["learn", "--task", 7, *TINY_FLAGS, "--store", store], env={"CLUCTL_DEBUG": "1"}, timeout=120)
+    assert p.returncode != 0 and "Traceback" in p.stderr and "out of range" in p.stderr
+    assert not (tmp_path / "new").exists()
+
+
 def test_successful_command_keeps_its_new_store(tmp_path):
     store = tmp_path / "a" / "store"
     p = run_cli(["learn", "--task", 0, "--quiet", *TINY_FLAGS, "--store", store], check=0)

@@ -112,6 +112,10 @@ def test_discard_new_stores_removes_only_untouched_stores_of_this_command(tmp_pa
     with_ref = Store.open(tmp_path / "withref")
     (with_ref.root / "refs" / "tags").mkdir()  # anything beyond the bare layout counts
     existing = Store.open(tmp_path / "before")  # already existed: not new
+    partial = tmp_path / "partial"  # part of the layout, put there by the user: not this command's
+    (partial / "tmp").mkdir(parents=True)
+    (partial / "CACHEDIR.TAG").write_text("Signature: 8a477f597d28d172789f06886806bc55\n# mine\n")
+    Store.open(partial)
     removed = core.discard_new_stores(mark)
     assert sorted(removed) == sorted([fresh.root, tmp_path / "empty"])
     assert not (tmp_path / "p").exists()
@@ -119,6 +123,7 @@ def test_discard_new_stores_removes_only_untouched_stores_of_this_command(tmp_pa
     assert (used.root / "VERSION").is_file() and b"x" == used.get_bytes(used.put_bytes(b"x"))
     assert (with_ref.root / "VERSION").is_file()
     assert (existing.root / "VERSION").is_file() and kept_before.root == existing.root
+    assert (partial / "CACHEDIR.TAG").read_text().endswith("# mine\n") and (partial / "VERSION").is_file()
     assert core.new_stores_mark() == mark
     core.forget_new_stores(0)
     assert core.discard_new_stores(0) == [] and (kept_before.root / "VERSION").is_file()

@@ -276,6 +276,20 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     debug = os.environ.get("CLUCTL_DEBUG") not in (None, "", "0")
     mark = store_core.new_stores_mark()
+    code = 1
+    try:
+        code = _run(argv, debug)
+    finally:  # also when CLUCTL_DEBUG=1 lets an exception through
+        if code == 0:
+            store_core.forget_new_stores(mark)
+        else:  # a failed command leaves no empty store of its own making behind
+            store_core.discard_new_stores(mark)
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+def _run(argv: Optional[List[str]], debug: bool) -> int:
+    """Run the app; return the exit code (errors printed as one line unless ``debug``)."""
     try:
         rv = app(args=argv, prog_name="cluctl", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
@@ -313,12 +327,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         err.print(f"error: internal error: {type(e).__name__}: {text} — set CLUCTL_DEBUG=1 for the traceback "
                   "and report it", markup=False, soft_wrap=True)
         code = 1
-    if code == 0:
-        store_core.forget_new_stores(mark)
-    else:  # a failed command leaves no empty store of its own making behind
-        store_core.discard_new_stores(mark)
-    sys.stdout.flush()
-    sys.exit(code)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -157,7 +157,8 @@ def discard_new_stores(since: int = 0) -> list[Path]:
     and nothing else: no object, ref, tombstone or temp file), and the parent directories
     its creation made; return the roots removed. Only ``rmdir`` and the two layout files
     are removed, so anything written meanwhile (another process's objects, say) keeps its
-    store. A directory that existed before (empty) is left in place, emptied again."""
+    store. A directory that existed before (empty) is left in place, emptied again; one
+    that held part of the layout already is never recorded."""
     removed = []
     while len(_NEW_STORES) > since:
         root, top = _NEW_STORES.pop()
@@ -216,6 +217,7 @@ class Store:
             self._check_version(version_file)
             self._ensure_subdirs(best_effort=True)
             return
+        entries: set[str] | None = None  # None: root does not exist
         if root.is_dir():
             try:
                 entries = set(os.listdir(root))
@@ -231,11 +233,16 @@ class Store:
         top = root  # the topmost directory this creation makes (root, or a missing parent)
         while not top.parent.exists() and top.parent != top:
             top = top.parent
-        existed = root.is_dir()
-        with self._writing("create the store"):
-            self._create_layout()
-        if all(r != root for r, _ in _NEW_STORES):
-            _NEW_STORES.append((root, None if existed else top))
+        for attempt in range(3):
+            with self._writing("create the store"):
+                self._create_layout()
+            if version_file.is_file():
+                break
+            # another process's failed command discarded the bare store meanwhile: again
+        # only a store made from nothing (no directory, or an empty one) is this process's
+        # to discard; a partial layout is another process creating it, or the user's files
+        if not entries and all(r != root for r, _ in _NEW_STORES):
+            _NEW_STORES.append((root, top if entries is None else None))
         self._check_version(version_file)
 
     def _create_layout(self) -> None:
@@ -311,7 +318,7 @@ class Store:
                 # tmp/ is gone: the store this process opened while it was new and empty was
                 # discarded by another process's failed command (discard_new_stores); make
                 # the layout again so this write leaves a valid store
-                if not (self.root / "VERSION").exists() and final.name != "VERSION" and final.name != "CACHEDIR.TAG":
+                if final.parent != self.root and not (self.root / "VERSION").exists():
                     self._create_layout()
                 os.makedirs(tmp.parent, exist_ok=True)
                 fd = os.open(tmp, flags, mode)
