@@ -20,10 +20,12 @@ demo: install
 	@CLUCTL_STORE=$(DEMO_STORE) PATH="$(CURDIR)/$(BIN):$$PATH" sh scripts/demo.sh
 
 # One pytest worker per core (at most 4): each test is single-threaded, so on 2 cores the
-# suite takes about 6 minutes instead of 10. TEST_JOBS=0 runs it in one process.
+# suite takes about 6 minutes instead of 10. Whole files per worker (--dist loadfile), so a
+# file's shared fixtures (a learned chain, the CI Slurm cluster) are built once.
+# TEST_JOBS=0 runs it in one process.
 TEST_JOBS ?= auto
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --maxprocesses 4
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --maxprocesses 4 --dist loadfile
 
 clean-demo:
 	rm -rf $(DEMO_STORE)
