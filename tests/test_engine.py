@@ -286,3 +286,26 @@ def test_unlearned_indices_appear_in_no_later_manifest(tmp_path):
         for b in man["buffers"].values():
             listed |= set(b["learn"]["indices"]) | set(b["unlearn"]["indices"])
         assert not (listed & idx1)
+
+
+def test_library_calls_that_fail_leave_no_new_store(tmp_path):
+    """The Python API, like the CLI: a call that raises removes the (still bare) store it
+    created; one that succeeds keeps it."""
+    import cluctl.launch as launch_api
+    from cluctl.errors import NotFound
+
+    new = tmp_path / "n" / "store"
+    with pytest.raises(UsageError, match="out of range"):
+        api.learn(7, store=new, **TINY)
+    with pytest.raises(NotFound):
+        api.evaluate("nosuch", store=new)
+    with pytest.raises(NotFound):
+        api.unlearn(0, "nosuch", store=new)
+    with pytest.raises(UsageError, match="L9"):
+        launch_api.launch(store=str(new), sequence="L9", **TINY)
+    assert not (tmp_path / "n").exists()
+    res = api.learn(0, store=new, **TINY)
+    assert Store.open(new).has_object(res.id)
+    with pytest.raises(UsageError, match="out of range"):
+        api.learn(7, store=new, **TINY)
+    assert Store.open(new).has_object(res.id)  # an existing store is never discarded

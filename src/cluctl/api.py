@@ -35,6 +35,7 @@ from .engine import (
     unlearn_task,
 )
 from .errors import UsageError
+from .store.core import no_new_store_on_error
 
 RUN_KEYS = ("dataset", "tasks", "model", "width", "seed")
 
@@ -77,6 +78,7 @@ def _checkpoint_ref(store, oid: str) -> None:
     store.set_ref(f"checkpoints/{oid[:16]}", oid)
 
 
+@no_new_store_on_error
 def learn(task: int, from_ref: str | None = None, store=None, device: str | None = None,
           data_root: str | None = None, download: bool = False, impl: str = "fast",
           threads: int | None = None, progress=None, precision: str = "fp32", **options: Any) -> OpResult:
@@ -116,6 +118,7 @@ def learn(task: int, from_ref: str | None = None, store=None, device: str | None
     return OpResult(oid, summary)
 
 
+@no_new_store_on_error
 def unlearn(task: int, from_ref: str, store=None, device: str | None = None, data_root: str | None = None,
             download: bool = False, impl: str = "fast", threads: int | None = None, progress=None,
             step_hook=None, precision: str = "fp32", **options: Any) -> OpResult:
@@ -139,12 +142,14 @@ def unlearn(task: int, from_ref: str, store=None, device: str | None = None, dat
     return OpResult(oid, summary)
 
 
+@no_new_store_on_error
 def load(ref: str, store=None, device: str | None = None, data_root: str | None = None,
          download: bool = False) -> State:
     """The State (model, buffers, learned tasks, config) of a checkpoint."""
     return load_state(open_store(store), ref, device=device, data_root=data_root, download=download)
 
 
+@no_new_store_on_error
 def evaluate(ref: str | State, store=None, device: str | None = None, data_root: str | None = None,
              download: bool = False) -> dict:
     """Per-task accuracies and confidences of a checkpoint (or State), as a JSON-able dict:
@@ -193,6 +198,7 @@ def _buffer_indices_from_lineage(store, state: State, task: int) -> tuple[list[i
                    "use --members train")
 
 
+@no_new_store_on_error
 def mia(ref: str | State, task: int, members: str = "train", attack: str = "loss", seed: int | None = None,
         store=None, device: str | None = None, data_root: str | None = None, download: bool = False) -> dict:
     """Membership inference on one task (SPEC §7).

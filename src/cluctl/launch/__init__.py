@@ -27,6 +27,7 @@ from .options import (
     run_name,
     scientific_config,
 )
+from ..store.core import no_new_store_on_error
 from .results import write_results
 from .worker import compute_mia, run_seed
 
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 
+@no_new_store_on_error
 def plan(config: str | None = None, **options: Any) -> Plan:
     """Resolve options (CLI names with underscores; thesis spellings and toggles allowed;
     ``config`` = a TOML file whose values the options override) into a :class:`Plan`."""
@@ -46,6 +48,7 @@ def plan(config: str | None = None, **options: Any) -> Plan:
     return make_plan(merge(load_toml(config) if config else None, opts))
 
 
+@no_new_store_on_error
 def launch(config: str | None = None, live: bool | None = False, **options: Any) -> LaunchOutcome:
     """Plan and run a launch (see :func:`plan`); returns a :class:`LaunchOutcome`."""
     return execute(plan(config, **options), live=live)

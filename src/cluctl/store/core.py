@@ -185,6 +185,23 @@ def discard_new_stores(since: int = 0) -> list[Path]:
     return removed
 
 
+def no_new_store_on_error(fn):
+    """Decorator: when ``fn`` raises, remove the stores it created that are still bare
+    (:func:`discard_new_stores` for the stores created during the call)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        mark = new_stores_mark()
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            discard_new_stores(mark)
+            raise
+
+    return wrapper
+
+
 class Store:
     """A store rooted at a directory. ``Store(path)`` and ``Store.open(path)`` create it if
     missing (parents too) and check the layout version of an existing one. A store created
