@@ -20,7 +20,7 @@ demo: install
 	@CLUCTL_STORE=$(DEMO_STORE) PATH="$(CURDIR)/$(BIN):$$PATH" sh scripts/demo.sh
 
 # One pytest worker per core (at most 4): each test is single-threaded, so on 2 cores the
-# suite takes 6-7 minutes instead of 10. Whole files per worker (--dist loadfile), so a
+# suite takes 6-8 minutes instead of 10. Whole files per worker (--dist loadfile), so a
 # file's shared fixtures (a learned chain, the CI Slurm cluster) are built once.
 # TEST_JOBS=0 runs it in one process.
 TEST_JOBS ?= auto
