@@ -101,7 +101,7 @@ def learn(task: int, from_ref: str | None = None, store=None, device: str | None
                            data_root=data_root, download=download, threads=threads)
     else:
         state = new_state(run_config(**run, **learn_opts), device=device, data_root=data_root,
-                          download=download, threads=threads)
+                          download=download, threads=threads, given={**run, **learn_opts})
         check_precision(state, precision)  # bf16 where it is refused fails before the initial checkpoint is written
         check_learnable(state, task)  # so does a task out of range
         if state.config.get("mem_scores"):

@@ -24,7 +24,7 @@ from . import config as C
 from . import faults
 from .buffers.selection import buffer_size, select_random, select_ranked
 from .data import Dataset, class_order, load_dataset, task_classes, task_indices
-from .errors import CluctlError, NotFound, UsageError
+from .errors import CluctlError, Diverged, NotFound, UsageError
 from .grads import (
     TaskBatch,
     apply_update,
@@ -45,6 +45,14 @@ from .unlearning import random_labels, salun_mask
 FORMAT = 1
 ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
 
+# Divergence (SPEC §3): an operation has diverged when an update or the weights stop being
+# finite, or when the norm of all trainable weights grows beyond DIVERGENCE_FACTOR times
+# its value at the start of the operation (two orders of magnitude: gradient ascent that
+# runs away grows it geometrically, while a healthy unlearning request changes it by a few
+# percent to a few times). A diverged operation raises :class:`~cluctl.errors.Diverged`
+# with the state restored to where it started: no checkpoint, the task keeps its status.
+DIVERGENCE_FACTOR = 100.0
+
 
 @dataclass
 class State:
@@ -64,6 +72,11 @@ class State:
     initial_weights: Callable[[], dict[str, torch.Tensor]] | None = None
     last_op: dict[str, Any] = field(default_factory=dict)
     execution: dict[str, Any] = field(default_factory=dict)
+    # the options the user gave explicitly (inherited along --from); every other option
+    # is its default, and rule defaults (SPEC §3, §8) are resolved afresh at each operation
+    given: dict[str, Any] = field(default_factory=dict)
+    # the values the latest operation used (the checkpoint's "config"); None before one
+    op_config: dict[str, Any] | None = None
 
     @property
     def k(self) -> int:
@@ -189,7 +202,7 @@ def check_learnable(state: State, task: int) -> int:
 # ---------------------------------------------------------------- creation
 
 
-def run_config(dataset: str = "digits", tasks: int | None = None, model: str = "resnet18",
+def run_config(dataset: str = "digits", tasks: int | None = None, model: str | None = None,
                width: int | None = None, seed: int = 0, **rest) -> dict:
     cfg = dict(C.LEARN_DEFAULTS)
     cfg.update(C.UNLEARN_DEFAULTS)
@@ -199,10 +212,14 @@ def run_config(dataset: str = "digits", tasks: int | None = None, model: str = "
 
 
 def new_state(cfg: dict, device: str | None = None, data_root: str | None = None,
-              download: bool = False, threads: int | None = None) -> State:
+              download: bool = False, threads: int | None = None, given: dict | None = None) -> State:
     """A fresh learner: the dataset's class order drawn from the seed, initial weights from
-    ``torch.manual_seed(seed)``."""
+    ``torch.manual_seed(seed)``. ``given``: the options the user gave explicitly (default:
+    every option in ``cfg`` that is not None); the rest follow their defaults and rules."""
     cfg = dict(cfg)
+    if given is None:  # library use without a record of what was given: what differs from a default
+        static = {**C.RUN_DEFAULTS, **C.LEARN_DEFAULTS, **C.UNLEARN_DEFAULTS}
+        given = {k: v for k, v in cfg.items() if k in C.OPTION_KEYS and v is not None and v != static.get(k)}
     try:
         seed = int(cfg["seed"])
     except (TypeError, ValueError):
@@ -221,7 +238,14 @@ def new_state(cfg: dict, device: str | None = None, data_root: str | None = None
         )
     cfg["tasks"] = n_tasks
     cfg["dataset"] = ds.name
+    if cfg.get("model") is None:
+        cfg["model"] = ds.default_model
     cfg = C.validate_learn(cfg)
+    # unlearning options: given or their static default; rule defaults are resolved per
+    # operation (validated here, so a bad value fails before anything is written)
+    probe = C.resolve_unlearn(cfg, given, ds.num_classes // n_tasks)
+    for k in C.UNLEARN_DEFAULTS:
+        cfg[k] = probe[k] if given.get(k) is not None else C.UNLEARN_DEFAULTS[k]
     dev = resolve_device(device)
     torch.manual_seed(seed)
     model = build_model(cfg["model"], cfg.get("width"), ds.input_shape, ds.num_classes)
@@ -235,7 +259,48 @@ def new_state(cfg: dict, device: str | None = None, data_root: str | None = None
         initial_weights=lambda: init,
     )
     state.execution = {"device": str(dev), "threads": torch.get_num_threads()}
+    state.given = {k: cfg[k] if k in cfg else v for k, v in given.items() if k in C.OPTION_KEYS}
     return state
+
+
+# ---------------------------------------------------------------- divergence
+
+
+class _DivergenceGuard:
+    """Watches one operation's weights (see :data:`DIVERGENCE_FACTOR`); keeps a copy of the
+    model's state to restore when the operation diverges."""
+
+    def __init__(self, state: State, params: list[torch.Tensor]):
+        self.state = state
+        self.params = params
+        self.saved = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+        self.norm0 = self._norm()
+        self.limit = DIVERGENCE_FACTOR * max(self.norm0, 1e-6)
+
+    def _norm(self) -> float:
+        with torch.no_grad():
+            return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach().float())
+                                                                for p in self.params])))
+
+    def check_update(self, x: torch.Tensor) -> str | None:
+        if not bool(torch.isfinite(x).all()):
+            return "the next update was not finite"
+        return None
+
+    def check_weights(self) -> str | None:
+        norm = self._norm()
+        if not math.isfinite(norm):
+            return "the weights stopped being finite"
+        if norm > self.limit:
+            return (f"the weight norm grew from {self.norm0:.3g} to {norm:.3g} "
+                    f"(more than {DIVERGENCE_FACTOR:g}x its value at the start)")
+        return None
+
+    def fail(self, what: str, reason: str, summary: dict, hint: str) -> None:
+        self.state.model.load_state_dict(self.saved)
+        summary = dict(summary, stopped="diverged", reason=reason)
+        raise Diverged(f"{what} diverged after {summary.get('steps', 0)} steps: {reason}; "
+                       f"nothing was written and the task keeps its status", hint, summary=summary)
 
 
 # ---------------------------------------------------------------- learning
@@ -268,11 +333,16 @@ def learn_task(state: State, task: int, progress: ProgressFn | None = None,
     steps_per_epoch = sum(1 for s in range(0, n, bs) if min(bs, n - s) >= 2)
     total = steps_per_epoch * epochs
     steps = projections = fallbacks = 0
-    diverged = False
     first_seen = None
+    guard = _DivergenceGuard(state, params)
+
+    def diverged(reason: str) -> None:
+        guard.fail(f"learning task {task} ({cfg['learn_algo']})", reason,
+                   {"op": f"L{task}", "algo": cfg["learn_algo"], "steps": steps, "projections": projections,
+                    "qp_fallbacks": fallbacks},
+                   f"lower --lr (now {lr:g})")
+
     for epoch in range(epochs):
-        if diverged:
-            break
         perm = torch.randperm(n, generator=gen)
         if first_seen is None:
             first_seen = perm
@@ -287,11 +357,14 @@ def learn_task(state: State, task: int, progress: ProgressFn | None = None,
             if info is not None:
                 projections += int(info.projected)
                 fallbacks += int(info.fallback)
-            if not bool(torch.isfinite(x).all()):
-                diverged = True  # never apply a non-finite update: keep the last finite weights
-                break
+            why = guard.check_update(x)
+            if why:
+                diverged(why)
             apply_update(params, x, lr)
             steps += 1
+            why = guard.check_weights()
+            if why:
+                diverged(why)
             faults.point("train-step")
             if progress:
                 progress(steps, total, f"L{task} epoch {epoch + 1}/{epochs}")
@@ -333,8 +406,9 @@ def learn_task(state: State, task: int, progress: ProgressFn | None = None,
     if task not in state.learned:
         state.learned.append(task)
     state.history.append(f"L{task}")
+    state.op_config = dict(cfg)
     summary = {"op": f"L{task}", "algo": cfg["learn_algo"], "steps": steps, "projections": projections,
-               "qp_fallbacks": fallbacks, "samples": n, "buffer_size": m, "diverged": diverged,
+               "qp_fallbacks": fallbacks, "samples": n, "buffer_size": m,
                "wall_s": round(time.perf_counter() - t0, 4)}
     state.last_op = summary
     return summary
@@ -366,10 +440,14 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
         where = "was already unlearned" if task in state.forgotten else "was never learned"
         raise UsageError(f"task {task} is not learned ({where})",
                          f"learned tasks: {', '.join(map(str, state.learned)) or 'none'}")
-    cfg = dict(state.config)
-    cfg.update({k: v for k, v in (ucfg or {}).items() if v is not None})
-    cfg = C.validate_unlearn(cfg, classes_per_task=state.k)
-    state.config.update({k: cfg[k] for k in C.UNLEARN_DEFAULTS})
+    # options given now join those given along the lineage; every other unlearning option
+    # takes its default, rule defaults resolved for this operation's algorithm (SPEC §3)
+    now = {k: v for k, v in (ucfg or {}).items() if v is not None}
+    unknown = set(now) - set(C.UNLEARN_DEFAULTS)
+    if unknown:
+        raise UsageError(f"unknown unlearning option(s): {', '.join(sorted(unknown))}")
+    given = {**{k: v for k, v in state.given.items() if k in C.UNLEARN_DEFAULTS}, **now}
+    cfg = C.resolve_unlearn(state.config, given, state.k)
     algo = get_unlearn_algo(cfg["algo"])
     t0 = time.perf_counter()
     gen = op_generator(cfg["seed"], len(state.history))
@@ -404,6 +482,15 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
             mask = salun_mask(g_sal.abs(), cfg["salun_strength"])
         pu = pl = 0
         stopped = "max-epochs"
+        guard = _DivergenceGuard(state, params)
+
+        def diverged(reason: str) -> None:
+            guard.fail(f"unlearning task {task} ({cfg['algo']})", reason,
+                       {"op": f"U{task}", "algo": cfg["algo"], "steps": steps, "projections": projections,
+                        "qp_fallbacks": fallbacks, "final_forget_acc": final_acc, "stop_acc": cfg["stop_acc"]},
+                       f"lower --unlearning-rate (now {cfg['unlearning_rate']:g}) or --forget-loss-scale "
+                       f"(now {cfg['forget_loss_scale']:g}), or try --salun-strength or another --algo")
+
         while True:
             final_acc = _accuracy(state, check_batch)
             if final_acc <= cfg["stop_acc"]:
@@ -432,23 +519,21 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
             if info is not None:
                 projections += int(info.projected)
                 fallbacks += int(info.fallback)
-            backup = [p.detach().clone() for p in params]
             if step_hook is not None:
                 step_hook({"g_f": g_f, "G": refs.G if refs.batches else None, "x": x, "info": info,
                            "mask": mask, "forget_y": fy, "params_before": [p.detach().clone() for p in params]
                            if cfg["salun_on"] == "update" else None, "cfg": cfg})
-            if not bool(torch.isfinite(x).all()):
-                # Gradient ascent can blow the weights up when the projection keeps it from
-                # lowering the forget accuracy; never apply a non-finite update.
-                stopped = "diverged"
-                break
+            # Gradient ascent can blow the weights up when the projection keeps it from
+            # lowering the forget accuracy: never apply a non-finite update, and fail the
+            # request once the weights run away (DIVERGENCE_FACTOR)
+            why = guard.check_update(x)
+            if why:
+                diverged(why)
             apply_update(params, x, cfg["unlearning_rate"])
-            if not all(bool(torch.isfinite(p).all()) for p in params):
-                for p, old in zip(params, backup):
-                    p.data.copy_(old)
-                stopped = "diverged"
-                break
             steps += 1
+            why = guard.check_weights()
+            if why:
+                diverged(why)
             faults.point("train-step")
             if progress:
                 progress(steps, max_steps, f"U{task} forget acc {final_acc:.3f}")
@@ -457,6 +542,10 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
         state.forgotten.append(task)
     state.buffers.pop(task, None)
     state.history.append(f"U{task}")
+    state.op_config = dict(cfg)
+    for k in now:  # what was given now is inherited by later operations
+        state.given[k] = cfg[k]
+        state.config[k] = cfg[k]
     summary = {"op": f"U{task}", "algo": cfg["algo"], "steps": steps, "projections": projections,
                "qp_fallbacks": fallbacks, "final_forget_acc": final_acc, "stop_acc": cfg["stop_acc"],
                "stopped": stopped, "wall_s": round(time.perf_counter() - t0, 4)}
@@ -528,6 +617,7 @@ def per_sample_losses(state: State, indices, task: int, split: str = "train") ->
 
 
 def _meta(state: State, op: str) -> dict:
+    used = state.op_config if (state.op_config is not None and op != "init") else state.config
     return {
         "type": "checkpoint",
         "format": FORMAT,
@@ -545,9 +635,11 @@ def _meta(state: State, op: str) -> dict:
         "dataset_fingerprint": state.dataset.fingerprint,
         "model": state.config["model"],
         "width": state.config.get("width"),
-        "config": state.config,
+        # the values this operation used, and the options given explicitly along the lineage
+        "config": used,
+        "given": dict(sorted(state.given.items())),
         "scores": state.scores_id,
-        "optimizer": {"type": "sgd", "lr": state.config["lr"], "unlearning_rate": state.config.get("unlearning_rate"),
+        "optimizer": {"type": "sgd", "lr": used["lr"], "unlearning_rate": used.get("unlearning_rate"),
                       "momentum": 0.0, "weight_decay": 0.0, "state": {}},
         # wall time stays out so that the same operation gives the same checkpoint id
         "summary": {k: v for k, v in state.last_op.items() if k != "wall_s"},
@@ -585,16 +677,29 @@ def load_state(store, ref: str, overrides: dict | None = None, device: str | Non
     tensors, meta = load_checkpoint(store, oid)
     if meta.get("type") != "checkpoint" or meta.get("format") != FORMAT:
         raise UsageError(f"object {oid[:12]} is not a cluctl checkpoint (format {FORMAT})")
-    cfg = dict(meta["config"])
+    stored = dict(meta["config"])
+    given = meta.get("given")
+    if not isinstance(given, dict):  # written before "given" was recorded
+        n_t = meta.get("n_tasks")
+        classes = len(meta.get("class_order") or [])
+        k_classes = classes // int(n_t) if n_t and classes else None
+        given = C.given_from_resolved(stored, k_classes)
+    given = dict(given)
     for key, val in (overrides or {}).items():
         if val is None:
             continue
-        if key in ("dataset", "model", "width", "seed", "tasks") and val != cfg.get(key):
+        if key in ("dataset", "model", "width", "seed", "tasks") and val != stored.get(key):
             raise UsageError(
-                f"cannot change --{key} when continuing from checkpoint {oid[:12]} (it has {key}={cfg.get(key)})",
+                f"cannot change --{key} when continuing from checkpoint {oid[:12]} (it has {key}={stored.get(key)})",
                 "start a fresh run without --from",
             )
-        cfg[key] = val
+        given[key] = val
+    # the options of the next operation: run keys as stored, every other option given or
+    # its default (rule defaults are resolved by the operation that needs them)
+    cfg = {k: v for k, v in stored.items() if k not in C.LEARN_DEFAULTS and k not in C.UNLEARN_DEFAULTS}
+    for defaults in (C.LEARN_DEFAULTS, C.UNLEARN_DEFAULTS):
+        for k, v in defaults.items():
+            cfg[k] = given[k] if given.get(k) is not None else v
     if threads:
         torch.set_num_threads(int(threads))
     ds = load_dataset(cfg["dataset"], data_root=data_root, download=download)
@@ -605,6 +710,14 @@ def load_state(store, ref: str, overrides: dict | None = None, device: str | Non
             "point --data-root at the data it was trained on",
         )
     cfg = C.validate_learn(cfg)
+    n_tasks = int(meta["n_tasks"])
+    probe = C.resolve_unlearn(cfg, given, ds.num_classes // n_tasks)  # a bad override fails here
+    for k in C.UNLEARN_DEFAULTS:
+        if given.get(k) is not None:
+            cfg[k] = given[k] = probe[k]
+    for k in C.LEARN_DEFAULTS:
+        if given.get(k) is not None:
+            given[k] = cfg[k]
     dev = resolve_device(device)
     model = build_model(cfg["model"], cfg.get("width"), ds.input_shape, ds.num_classes)
     sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -633,6 +746,7 @@ def load_state(store, ref: str, overrides: dict | None = None, device: str | Non
         scores_id=meta.get("scores"), initial_weights=initial,
     )
     state.execution = {"device": str(dev), "threads": torch.get_num_threads()}
+    state.given = {k: v for k, v in given.items() if k in C.OPTION_KEYS and v is not None}
     return state
 
 

@@ -43,3 +43,15 @@ class InternalError(CluctlError):
     """A bug or an unexpected failure. Exit code 1."""
 
     exit_code = 1
+
+
+class Diverged(CluctlError):
+    """An operation whose weights blew up (see ``cluctl.engine.DIVERGENCE_FACTOR``). Nothing
+    is written and the state is restored to where the operation started. Exit code 1.
+    ``summary``: the operation's summary with ``stopped="diverged"`` and the reason."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, hint: str | None = None, summary: dict | None = None):
+        super().__init__(what, hint)
+        self.summary = dict(summary or {})

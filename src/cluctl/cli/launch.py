@@ -130,6 +130,12 @@ def launch(
         typer.echo(str(outcome.out))
     others = "the other seeds finished; " if outcome.complete else ""
     for seed, msg in sorted(outcome.failed.items()):
+        if seed in outcome.diverged:
+            where = f"results ({outcome.out})" if outcome.out is not None else "store"
+            err.print(f"error: seed {seed} of run {outcome.run} stopped at {outcome.diverged[seed]}: {msg} — "
+                      f"{others}the {where} record the operations before it and the divergence",
+                      markup=False, soft_wrap=True)
+            continue
         err.print(f"error: seed {seed} of run {outcome.run} failed: {msg} — {others}run the same command "
                   "again to resume it", markup=False, soft_wrap=True)
     if outcome.exit_code == 1 and not outcome.failed and outcome.incomplete:

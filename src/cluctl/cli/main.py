@@ -117,9 +117,6 @@ def learn(
     if not quiet:
         err.print(f"learned task {task} ({s['algo']}): {s['steps']} steps, {s['projections']} projections, "
                   f"{s['qp_fallbacks']} QP fallbacks, buffers of {s['buffer_size']}, {s['wall_s']:.1f} s")
-        if s.get("diverged"):
-            err.print("warning: learning stopped early: an update was not finite (diverged); the checkpoint "
-                      "holds the last finite weights — lower --lr", markup=False)
     typer.echo(res.id)
 
 
@@ -176,9 +173,8 @@ def unlearn(
         if s["stopped"] == "reset":
             err.print(f"unlearned task {task}: it was the only learned task, reset to the initial weights")
         else:
-            how = {"stop-acc": "reached the stop accuracy", "max-epochs": "hit --max-epochs",
-                   "diverged": "stopped: the next update was not finite (diverged); lower --unlearning-rate "
-                               "or --forget-loss-scale"}[s["stopped"]]
+            how = {"stop-acc": "reached the stop accuracy",
+                   "max-epochs": "hit --max-epochs WITHOUT reaching the stop accuracy"}[s["stopped"]]
             err.print(f"unlearned task {task} ({s['algo']}): {s['steps']} steps, forget accuracy "
                       f"{s['final_forget_acc']:.3f} ({how}, stop at {s['stop_acc']:.3f}), "
                       f"{s['projections']} projections, {s['qp_fallbacks']} QP fallbacks, {s['wall_s']:.1f} s")

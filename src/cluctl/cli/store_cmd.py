@@ -124,7 +124,14 @@ def show(
     if meta.get("summary"):
         lines.append("summary     " + ", ".join(f"{k}={v}" for k, v in meta["summary"].items()))
     cfg = meta.get("config") or {}
-    lines.append("config      " + ", ".join(f"{k}={cfg[k]}" for k in sorted(cfg)))
+    given = meta.get("given")
+    if isinstance(given, dict):
+        lines.append("given       " + (", ".join(f"{k}={given[k]}" for k in sorted(given)) or "-")
+                     + "   (explicit options, inherited along --from)")
+    else:
+        lines.append("given       (not recorded: written by an older cluctl)")
+    lines.append("config      " + ", ".join(f"{k}={cfg[k]}" for k in sorted(cfg))
+                 + "   (the values this operation used; rule defaults resolved for it)")
     typer.echo("\n".join(lines))
 
 

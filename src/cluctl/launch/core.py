@@ -11,7 +11,7 @@ from rich.console import Console
 from ..errors import NotFound, UsageError
 from .options import Plan
 from .progress import Display
-from .results import collect, make_plots, write_results
+from .results import collect, collect_failed, make_plots, write_results
 from .runner import Runner
 
 EXIT_OK, EXIT_FAILED, EXIT_SIGTERM, EXIT_SIGINT = 0, 1, 143, 130
@@ -23,6 +23,7 @@ class LaunchOutcome:
     out: Path | None
     exit_code: int
     failed: dict[int, str] = field(default_factory=dict)  # seed -> one-line error
+    diverged: dict[int, str] = field(default_factory=dict)  # seed -> the operation that diverged
     complete: list[int] = field(default_factory=list)
     incomplete: list[int] = field(default_factory=list)
     stopped: bool = False
@@ -35,6 +36,11 @@ def register_run(store, plan: Plan) -> None:
     existing = store.get_ref(ref)
     if existing is not None:
         old = store.get_json(existing)
+        from .options import stored_given
+
+        # the first launch of a run defines what was given (checkpoint ids depend on it)
+        plan.given = stored_given(old)
+        obj = plan.run_object()
         if old.get("config") != obj["config"] or old.get("sequence") != obj["sequence"]:
             diff = sorted(k for k in set(old.get("config", {})) | set(obj["config"])
                           if old.get("config", {}).get(k) != obj["config"].get(k))
@@ -50,7 +56,7 @@ def jobs_for(plan: Plan) -> list[dict]:
     return [{
         "run": plan.run, "seed": seed, "config": plan.config, "sequence": plan.sequence, "device": device,
         "threads": plan.threads, "impl": plan.impl, "precision": plan.precision, "store": plan.store,
-        "data_root": plan.data_root, "download": plan.download, "mia": plan.mia,
+        "data_root": plan.data_root, "download": plan.download, "mia": plan.mia, "given": plan.given,
     } for seed, device in plan.assignments()]
 
 
@@ -71,7 +77,8 @@ def aggregate(plan: Plan, store, console: Console, complete_only_ok: bool = True
 
     run_obj = _stored_run(store, plan.run)
     complete, incomplete = collect(store, run_obj, plan.seeds)
-    if not complete:
+    failed_seeds = collect_failed(store, run_obj, incomplete)
+    if not complete and not failed_seeds:
         raise NotFound(
             f"no seed of run {plan.run} has finished all its operations "
             f"(seeds {', '.join(map(str, plan.seeds))})",
@@ -85,10 +92,11 @@ def aggregate(plan: Plan, store, console: Console, complete_only_ok: bool = True
         console.print(f"warning: some operations of run {plan.run} have no MIA results; compute them with "
                       f"`cluctl launch --resume {plan.run} --mia`", markup=False, soft_wrap=True)
     mia = plan.mia or have_mia
-    out = write_results(plan.out, run_obj, complete, mia=mia)
+    out = write_results(plan.out, run_obj, complete, mia=mia, failed=failed_seeds)
     if plan.plots:
         make_plots(out)
-    return LaunchOutcome(plan.run, out, EXIT_OK, complete=list(complete), incomplete=incomplete)
+    return LaunchOutcome(plan.run, out, EXIT_FAILED if failed_seeds else EXIT_OK, complete=list(complete),
+                         incomplete=incomplete, diverged={s: r["op"] for s, (_, r) in failed_seeds.items()})
 
 
 def execute(plan: Plan, store=None, console: Console | None = None, live: bool | None = None) -> LaunchOutcome:
@@ -121,6 +129,7 @@ def execute(plan: Plan, store=None, console: Console | None = None, live: bool |
         console.print(f"run {plan.run}: every operation of every seed is already done", markup=False)
 
     failed = {o.seed: o.error or "failed" for o in (result.failed if result else [])}
+    diverged = {o.seed: o.diverged_op for o in (result.failed if result else []) if o.diverged_op}
     if result is not None and result.stop_signal is not None:
         code = EXIT_SIGINT if result.stop_signal == signal.SIGINT else EXIT_SIGTERM
         if not plan.quiet:
@@ -131,13 +140,15 @@ def execute(plan: Plan, store=None, console: Console | None = None, live: bool |
 
     run_obj = plan.run_object()
     complete, incomplete = collect(st, run_obj, plan.seeds)
+    failed_seeds = collect_failed(st, run_obj, incomplete)
     out = None
-    if complete:
-        out = write_results(plan.out, run_obj, complete, mia=plan.mia)
+    if complete or failed_seeds:
+        out = write_results(plan.out, run_obj, complete, mia=plan.mia, failed=failed_seeds)
         if plan.plots:
             make_plots(out)
     code = EXIT_FAILED if failed or incomplete else EXIT_OK
     if incomplete and complete and not plan.quiet:
         console.print(f"warning: the results cover seeds {', '.join(map(str, complete))} only",
                       markup=False, soft_wrap=True)
-    return LaunchOutcome(plan.run, out, code, failed=failed, complete=list(complete), incomplete=incomplete)
+    return LaunchOutcome(plan.run, out, code, failed=failed, complete=list(complete), incomplete=incomplete,
+                         diverged=diverged)

@@ -290,6 +290,10 @@ def scientific_config(values: dict[str, Any], data_root: str | None = None, down
     if classes % tasks:
         raise UsageError(f"--tasks {tasks} does not divide {name}'s {classes} classes", "choose a divisor of the number of classes")
     cfg["tasks"] = tasks
+    if cfg.get("model") is None:
+        from ..data import default_model
+
+        cfg["model"] = default_model(name)
     cfg["model"] = canonical_kind(cfg["model"])
     cfg["width"] = DEFAULT_WIDTHS[cfg["model"]] if cfg.get("width") is None else _int(cfg["width"], "width", 1)
     cfg = C.validate_learn(cfg)
@@ -339,11 +343,29 @@ def check_run_name(name: Any) -> str:
     return name
 
 
-def run_object(name: str, config: dict, sequence: str, classes: int) -> dict:
-    """The JSON stored under ``runs/<run>/config`` (deterministic: same run, same id)."""
-    return {"type": "run", "format": FORMAT, "run": name, "config": config, "sequence": sequence,
-            "n_tasks": config["tasks"], "k": classes // int(config["tasks"]),
-            "hash": config_hash(config, sequence)}
+def run_object(name: str, config: dict, sequence: str, classes: int, given: dict | None = None) -> dict:
+    """The JSON stored under ``runs/<run>/config`` (deterministic: same run, same id).
+    ``given``: the options given explicitly (the rest follow their defaults and rules)."""
+    obj = {"type": "run", "format": FORMAT, "run": name, "config": config, "sequence": sequence,
+           "n_tasks": config["tasks"], "k": classes // int(config["tasks"]),
+           "hash": config_hash(config, sequence)}
+    if given is not None:
+        obj["given"] = dict(sorted(given.items()))
+    return obj
+
+
+def given_options(values: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The scientific options given by flag or TOML, with their resolved values."""
+    return {k: config[k] for k in SCIENTIFIC_KEYS if values.get(k) is not None and config.get(k) is not None}
+
+
+def stored_given(obj: dict) -> dict[str, Any]:
+    """A stored run's given options (runs stored before they were recorded: every option
+    except rule defaults, see :func:`cluctl.config.given_from_resolved`)."""
+    if isinstance(obj.get("given"), dict):
+        return dict(obj["given"])
+    config = obj.get("config") or {}
+    return {k: v for k, v in C.given_from_resolved(config, obj.get("k")).items() if k in SCIENTIFIC_KEYS}
 
 
 def apply_thesis_toggles(values: dict[str, Any]) -> dict[str, Any]:
@@ -393,6 +415,7 @@ class Plan:
     aggregate_only: bool = False
     explicit_threads: bool = False
     warnings: list[str] = field(default_factory=list)
+    given: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_tasks(self) -> int:
@@ -403,7 +426,7 @@ class Plan:
         return self.classes // self.n_tasks
 
     def run_object(self) -> dict:
-        return run_object(self.run, self.config, self.sequence, self.classes)
+        return run_object(self.run, self.config, self.sequence, self.classes, self.given)
 
     def assignments(self) -> list[tuple[int, str]]:
         """(seed, device): seeds round-robin over the devices."""
@@ -455,6 +478,7 @@ def make_plan(values: dict[str, Any], store=None) -> Plan:
         stored = _stored_run(st, name)
         config = dict(stored["config"])
         sequence = stored["sequence"]
+        given_opts = stored_given(stored)
         given = {k: val for k, val in v.items() if k in SCIENTIFIC_KEYS and val is not None}
         if given:
             merged = scientific_config({**config, **given}, data_root, download)
@@ -472,6 +496,7 @@ def make_plan(values: dict[str, Any], store=None) -> Plan:
         config = scientific_config(v, data_root, download)
         if config.get("mem_scores"):
             config["mem_scores"] = st.resolve(config["mem_scores"])
+        given_opts = given_options(v, config)
         sequence = canonical_sequence(v.get("sequence") or _DEFAULTS["sequence"], int(config["tasks"]))
         name = check_run_name(v["name"]) if v.get("name") is not None else run_name(config, sequence)
 
@@ -503,7 +528,7 @@ def make_plan(values: dict[str, Any], store=None) -> Plan:
         store=str(st.root), out=str(v.get("out") or os.path.join("results", name)),
         mia=_bool(v.get("mia") or False, "mia"), plots=_bool(True if v.get("plots") is None else v["plots"], "plots"),
         quiet=_bool(v.get("quiet") or False, "quiet"), resume=resume is not None, aggregate_only=aggregate_only,
-        explicit_threads=execution.get("threads") is not None, warnings=warnings,
+        explicit_threads=execution.get("threads") is not None, warnings=warnings, given=given_opts,
     )
     plan.threads = execution["threads"] or max(1, available_cores() // plan.concurrency())
     return plan

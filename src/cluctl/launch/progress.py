@@ -97,8 +97,15 @@ class Display:
                 extra = f", forget acc {summary['final_forget_acc']:.3f}"
             self._complete_bar(seed)
             self._update(seed, status=f"{label} done{extra}")
+            if summary.get("stopped") == "max-epochs":
+                extra += " (hit --max-epochs without reaching the stop accuracy)"
             self._line(f"seed {seed} [{dev}]: op {i + 1}/{n} {label} done: {summary.get('steps', 0)} steps"
                        f"{extra}, {summary.get('op_wall_s', 0):.1f} s")
+        elif kind == "op-failed":
+            _, _, i, n, label, summary = msg
+            self._update(seed, status=f"{label} DIVERGED")
+            self._line(f"seed {seed} [{dev}]: op {i + 1}/{n} {label} DIVERGED after {summary.get('steps', 0)} steps "
+                       f"({summary.get('reason', 'the weights blew up')}); no checkpoint, the seed stops here")
         elif kind == "status":
             self._update(seed, status=msg[2])
             self._line(f"seed {seed} [{dev}]: {msg[2]}")

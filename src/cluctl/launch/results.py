@@ -5,7 +5,7 @@ Layout (every file written atomically: a temp file in the same folder, then os.r
     <out>/summary.json
     <out>/seed-<s>/{test_acc,test_conf,train_acc,train_conf}.csv
     <out>/mean/<same four>.csv, <out>/std/<same four>.csv
-    <out>/metrics.csv      seed,row,op,retain_acc,forget_acc,tow,clu_mix
+    <out>/metrics.csv      seed,row,op,retain_acc,forget_acc,tow,clu_mix,steps,stopped
     <out>/mia.csv          seed,row,op,task,status,attack,members,acc,auc,cv_acc,efficacy (with --mia)
 
 Matrices: first column ``op`` (labels L0/U3), then one column per task ``0``..``N-1``; row
@@ -13,6 +13,13 @@ i is the state after operation i. Numbers are written with Python's shortest rou
 ``repr``; an empty cell is a missing value (null). ``mean``/``std`` are over seeds, row by
 row (labels from the first seed); std is the population std (numpy's default, ddof=0: 0
 for a single seed).
+
+Outcomes are never hidden: ``metrics.csv`` has each operation's ``steps`` and ``stopped``
+(``done`` for learning; ``stop-acc``, ``max-epochs`` or ``reset`` for unlearning;
+``diverged`` for the operation at which a seed failed, ``not-run`` after it). A seed that
+diverged keeps its tables up to the failure (empty rows after), is listed under
+``failed`` in ``summary.json`` and is left out of ``mean/``, ``std/`` and the summary's
+mean and std.
 """
 
 from __future__ import annotations
@@ -33,11 +40,11 @@ import numpy as np
 
 from .. import __version__
 from ..errors import NotFound, UsageError
-from .worker import MATRICES, completed_prefix
+from .worker import MATRICES, completed_prefix, seed_failure
 
 SUMMARY_KEYS = ("acc", "bwt", "final_forget_acc", "final_retain_acc", "final_tow", "final_clu_mix")
 MIA_COLUMNS = ("seed", "row", "op", "task", "status", "attack", "members", "acc", "auc", "cv_acc", "efficacy")
-METRIC_COLUMNS = ("seed", "row", "op", "retain_acc", "forget_acc", "tow", "clu_mix")
+METRIC_COLUMNS = ("seed", "row", "op", "retain_acc", "forget_acc", "tow", "clu_mix", "steps", "stopped")
 
 
 # ----------------------------------------------------------------- atomic files
@@ -106,6 +113,23 @@ def seed_results(store, run: str, seed: int, n_ops: int) -> list[dict] | None:
     return [store.get_json(oid) for oid in ids[:n_ops]]
 
 
+def collect_failed(store, run_obj: dict, seeds: list[int]) -> dict[int, tuple[list[dict], dict]]:
+    """{seed: (op-results before the failure, failure record)} for seeds that diverged."""
+    out = {}
+    for s in seeds:
+        ids = completed_prefix(store, run_obj["run"], s)
+        rec = seed_failure(store, run_obj["run"], s, len(ids))
+        if rec is not None:
+            out[s] = ([store.get_json(oid) for oid in ids], rec)
+    return out
+
+
+def op_stopped(result: dict) -> str:
+    """How an operation ended: done (learning), stop-acc / max-epochs / reset (unlearning)."""
+    summ = result.get("summary") or {}
+    return str(summ.get("stopped") or "done")
+
+
 def collect(store, run_obj: dict, seeds: list[int]) -> tuple[dict[int, list[dict]], list[int]]:
     """({seed: op-results} for complete seeds, [incomplete seeds])."""
     from ..sequences import resolve_sequence
@@ -163,11 +187,16 @@ def clean_dead_temp_files(folder: Path) -> None:
 
 
 def write_results(out: str | os.PathLike, run_obj: dict, per_seed: dict[int, list[dict]], mia: bool = False,
-                  provenance_extra: dict | None = None) -> Path:
-    """Write the results folder for the complete seeds in ``per_seed`` (seed order kept)."""
+                  provenance_extra: dict | None = None,
+                  failed: dict[int, tuple[list[dict], dict]] | None = None) -> Path:
+    """Write the results folder for the complete seeds in ``per_seed`` (seed order kept)
+    and the seeds in ``failed`` (see :func:`collect_failed`): tables up to the failure,
+    the failure in ``metrics.csv`` and ``summary.json``, left out of means and stds."""
     from ..metrics import final_metrics, per_op_table
+    from ..sequences import resolve_sequence
 
-    if not per_seed:
+    failed = dict(failed or {})
+    if not per_seed and not failed:
         raise NotFound(f"no finished seed to write results for run {run_obj['run']}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +205,11 @@ def write_results(out: str | os.PathLike, run_obj: dict, per_seed: dict[int, lis
     n_tasks = int(run_obj["n_tasks"])
     k = int(run_obj["k"])
     cols = ["op"] + [str(t) for t in range(n_tasks)]
-    labels0 = [r["op"] for r in per_seed[seeds[0]]]
+    if seeds:
+        labels0 = [r["op"] for r in per_seed[seeds[0]]]
+    else:
+        s0 = next(iter(failed))
+        labels0 = [str(o) for o in resolve_sequence(run_obj["sequence"], n_tasks, s0)]
     n_ops = len(labels0)
     if any(len(per_seed[s]) != n_ops for s in seeds):
         raise UsageError("seeds of one run have different numbers of operations")
@@ -198,20 +231,63 @@ def write_results(out: str | os.PathLike, run_obj: dict, per_seed: dict[int, lis
             fm = final_metrics(labels, test, train, k)
             table = per_op_table(labels, test, train, k)
             for i, row in table.iterrows():
-                metric_rows.append([s, int(i), row["op"], row["retain_acc"], row["forget_acc"], row["tow"], row["clu_mix"]])
+                metric_rows.append([s, int(i), row["op"], row["retain_acc"], row["forget_acc"], row["tow"],
+                                    row["clu_mix"], int(res[i].get("summary", {}).get("steps") or 0),
+                                    op_stopped(res[i])])
         except UsageError:  # e.g. a task without test samples (NaN accuracy): no metrics
             fm = {key: None for key in SUMMARY_KEYS}
         op_wall = [float(r.get("summary", {}).get("op_wall_s") or 0.0) for r in res]
         op_steps = [int(r.get("summary", {}).get("steps") or 0) for r in res]
-        seed_entries.append({"seed": s, "ops": labels, **fm, "wall_s": round(sum(op_wall), 4), "op_wall_s": op_wall,
-                             "op_steps": op_steps})
+        seed_entries.append({"seed": s, "status": "complete", "ops": labels, **fm, "wall_s": round(sum(op_wall), 4),
+                             "op_wall_s": op_wall, "op_steps": op_steps, "op_stopped": [op_stopped(r) for r in res]})
         for i, r in enumerate(res):
             for row in r.get("mia") or []:
                 mia_rows.append([s, i, labels[i], row.get("task"), row.get("status"), row.get("attack"),
                                  row.get("members"), row.get("acc"), row.get("auc"), row.get("cv_acc"),
                                  row.get("efficacy")])
 
-    for m in MATRICES:
+    failures = []
+    for s, (res, rec) in sorted(failed.items()):
+        labels = [str(o) for o in resolve_sequence(run_obj["sequence"], n_tasks, s)]
+        done = len(res)
+        for m in MATRICES:
+            mat = np.full((len(labels), n_tasks), np.nan)
+            if done:
+                mat[:done] = _matrix(res, m)
+            atomic_write_text(out / f"seed-{s}" / f"{m}.csv",
+                              _csv(cols, [[labels[i], *mat[i].tolist()] for i in range(len(labels))]))
+        rows_metrics = None
+        if done:
+            try:
+                rows_metrics = per_op_table(labels[:done], _matrix(res, "test_acc"), _matrix(res, "train_acc"), k)
+            except UsageError:
+                rows_metrics = None
+        for i in range(len(labels)):
+            if i < done:
+                r = rows_metrics.iloc[i] if rows_metrics is not None else None
+                vals = [None] * 4 if r is None else [r["retain_acc"], r["forget_acc"], r["tow"], r["clu_mix"]]
+                metric_rows.append([s, i, labels[i], *vals, int(res[i].get("summary", {}).get("steps") or 0),
+                                    op_stopped(res[i])])
+            elif i == done:
+                metric_rows.append([s, i, labels[i], None, None, None, None,
+                                    int((rec.get("summary") or {}).get("steps") or 0), "diverged"])
+            else:
+                metric_rows.append([s, i, labels[i], None, None, None, None, None, "not-run"])
+        fs = rec.get("summary") or {}
+        failures.append({"seed": s, "row": done, "op": labels[done] if done < len(labels) else rec.get("op"),
+                         "stopped": "diverged", "steps": fs.get("steps"), "reason": fs.get("reason"),
+                         "error": rec.get("error")})
+        seed_entries.append({"seed": s, "status": "failed", "ops": labels, **{key: None for key in SUMMARY_KEYS},
+                             "completed_ops": done, "failed_op": failures[-1],
+                             "op_steps": [int(r.get("summary", {}).get("steps") or 0) for r in res],
+                             "op_stopped": [op_stopped(r) for r in res] + ["diverged"]})
+    metric_rows.sort(key=lambda r: (r[0], r[1]))
+
+    if not seeds:
+        for d in ("mean", "std"):
+            for m in MATRICES:
+                _remove(out / d / f"{m}.csv")
+    for m in MATRICES if seeds else ():
         stack = np.stack(mats[m])  # seeds x ops x tasks
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -226,7 +302,7 @@ def write_results(out: str | os.PathLike, run_obj: dict, per_seed: dict[int, lis
     else:
         _remove(out / "mia.csv")
     # seed folders of an earlier aggregation that this one does not cover
-    keep = {f"seed-{s}" for s in seeds}
+    keep = {f"seed-{s}" for s in list(seeds) + list(failed)}
     for d in out.glob("seed-*"):
         if d.is_dir() and d.name not in keep and d.name[5:].isdigit():
             for m in MATRICES:
@@ -237,10 +313,12 @@ def write_results(out: str | os.PathLike, run_obj: dict, per_seed: dict[int, lis
                 pass
 
     mean, std = {}, {}
+    complete_entries = [e for e in seed_entries if e["status"] == "complete"]
     for key in SUMMARY_KEYS + ("wall_s",):
-        mean[key], std[key] = _stats([e[key] for e in seed_entries])
+        mean[key], std[key] = _stats([e[key] for e in complete_entries])
     cfg = run_obj["config"]
     execs = [r.get("execution") or {} for s in seeds for r in per_seed[s]]
+    execs += [r.get("execution") or {} for res, _ in failed.values() for r in res]
     prov = {
         "cluctl": __version__, "torch": _torch_version(), "device": _joined(e.get("device") for e in execs),
         "threads": _single(e.get("threads") for e in execs), "impl": _joined(e.get("impl") for e in execs),
@@ -256,6 +334,11 @@ def write_results(out: str | os.PathLike, run_obj: dict, per_seed: dict[int, lis
         "n_tasks": n_tasks, "k": k, "config": cfg, "provenance": prov,
         "seed_list": seeds, "std_ddof": 0,
         "seeds": seed_entries, "mean": mean, "std": std,
+        # operations that did not end at their goal: diverged (the seed stopped there) and
+        # unlearning requests that hit --max-epochs without reaching the stop accuracy
+        "failed": failures,
+        "max_epochs_ops": [{"seed": e["seed"], "row": i, "op": e["ops"][i]}
+                           for e in seed_entries for i, st in enumerate(e["op_stopped"]) if st == "max-epochs"],
     }
     atomic_write_text(out / "summary.json", json.dumps(_json_value(summary), indent=2, allow_nan=False) + "\n")
     return out

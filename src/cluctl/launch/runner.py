@@ -29,6 +29,7 @@ class SeedOutcome:
     status: str = "queued"  # queued | running | done | failed | stopped | skipped
     error: str | None = None
     exitcode: int | None = None
+    diverged_op: str | None = None  # the operation at which the seed diverged
 
 
 @dataclass
@@ -163,6 +164,8 @@ class Runner:
             kind = msg[0]
             if kind == "error":
                 result.outcomes[seed].error = msg[2]
+            elif kind == "op-failed":
+                result.outcomes[seed].diverged_op = msg[4]
             elif kind == "stopped":
                 result.outcomes[seed].status = "stopped"
             self.display.message(msg)

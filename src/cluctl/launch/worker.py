@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from ..errors import CluctlError, UsageError
+from ..errors import CluctlError, Diverged, UsageError
 
 OP_RESULT_FORMAT = 1
 EXIT_STOPPED = 3
@@ -43,6 +43,23 @@ def seed_prefix(run: str, seed: int) -> str:
 
 def op_ref(run: str, seed: int, index: int) -> str:
     return f"{seed_prefix(run, seed)}/op-{index:03d}"
+
+
+def failure_ref(run: str, seed: int) -> str:
+    """The record of the operation at which a seed failed (diverged), if any."""
+    return f"{seed_prefix(run, seed)}/failed"
+
+
+def seed_failure(store, run: str, seed: int, done: int) -> dict | None:
+    """The seed's failure record if it failed at operation ``done`` (the first unfinished)."""
+    oid = store.get_ref(failure_ref(run, seed))
+    if oid is None:
+        return None
+    try:
+        rec = store.get_json(oid)
+    except CluctlError:
+        return None
+    return rec if isinstance(rec, dict) and rec.get("index") == done else None
 
 
 def finished_ops(store, run: str, seed: int) -> dict[int, str]:
@@ -145,6 +162,7 @@ def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
     torch.set_num_threads(threads)
     store = Store.open(job["store"])
     cfg = dict(job["config"])
+    given = dict(job.get("given") or {})
     ops = resolve_sequence(job["sequence"], int(cfg["tasks"]), seed)
     labels = [str(o) for o in ops]
     n = len(ops)
@@ -188,10 +206,11 @@ def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
         if init is not None:
             state = load_state(store, init, **common)
         else:
-            state = new_state(dict(cfg, seed=seed), **common)
+            state = new_state(dict(cfg, seed=seed), given=dict(given), **common)
             store.set_ref(f"{prefix}/init", save_state(store, state, "init"))
     scores_fn = scores_provider(store, state.config)
-    ucfg = {k: cfg[k] for k in cfg if k in _unlearn_keys()}
+    # only the unlearning options given explicitly: the rest follow their rules per operation
+    ucfg = {k: given[k] for k in given if k in _unlearn_keys()}
 
     for i in range(done, n):
         if should_stop():
@@ -212,12 +231,23 @@ def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
         t0 = time.perf_counter()
         # precision goes to the engine, which applies bf16 autocast to the training forward
         # passes only (the projection, evaluation and the stop rule stay float32)
-        if op.kind == "L":
-            summary = learn_task(state, op.task, progress=progress, scores_fn=scores_fn, impl=job["impl"],
-                                 precision=job["precision"])
-        else:
-            summary = unlearn_task(state, op.task, ucfg, progress=progress, impl=job["impl"],
-                                   precision=job["precision"])
+        try:
+            if op.kind == "L":
+                summary = learn_task(state, op.task, progress=progress, scores_fn=scores_fn, impl=job["impl"],
+                                     precision=job["precision"])
+            else:
+                summary = unlearn_task(state, op.task, ucfg, progress=progress, impl=job["impl"],
+                                       precision=job["precision"])
+        except Diverged as e:
+            # the seed stops here: a record of the failed operation (no checkpoint) for the
+            # results, the log and the plots; nothing after it runs
+            summary = dict(e.summary, op_wall_s=round(time.perf_counter() - t0, 4))
+            rec = {"type": "op-failure", "format": OP_RESULT_FORMAT, "run": run, "seed": seed, "index": i,
+                   "op": label, "stopped": "diverged", "error": str(e), "summary": summary,
+                   "execution": execution}
+            store.set_ref(failure_ref(run, seed), store.put_json(rec))
+            report(("op-failed", seed, i, n, label, summary))
+            raise
         t1 = time.perf_counter()
         ck = save_state(store, state, label)
         t2 = time.perf_counter()
@@ -234,6 +264,8 @@ def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
             "summary": summary, "mia": mia, "execution": execution,
         }
         store.set_ref(op_ref(run, seed, i), store.put_json(result))
+        if i == done and store.get_ref(failure_ref(run, seed)) is not None:
+            store.delete_ref(failure_ref(run, seed))  # an earlier failure here no longer holds
         report(("op-done", seed, i, n, label, summary))
     report(("done", seed, n, n - done))
     return {"seed": seed, "ops": labels, "done": n, "ran": n - done}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -64,6 +64,8 @@ class _Ctx:
     n_tasks: int
     k: int | None
     where: str  # "digits, A4, 5 tasks, 3 seeds"
+    diverged_rows: set = field(default_factory=set)  # rows at which some seed diverged (stopped)
+    max_epochs_rows: set = field(default_factory=set)  # unlearning that hit --max-epochs
 
     @property
     def n_ops(self) -> int:
@@ -113,10 +115,42 @@ def _context(runs: list[Results]) -> _Ctx:
     seeds = f"{counts[0]} seed{'s' if counts[0] != 1 else ''}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds"
     where = f"{runs[0].dataset}, {' / '.join(seqs)}, {n_tasks} tasks, {seeds}"
     algos = [r.algo for r in runs]
+    diverged_rows = {int(f["row"]) for r in runs for f in (r.summary.get("failed") or [])
+                     if isinstance(f, dict) and isinstance(f.get("row"), int)}
+    max_epochs_rows = {int(f["row"]) for r in runs for f in (r.summary.get("max_epochs_ops") or [])
+                       if isinstance(f, dict) and isinstance(f.get("row"), int)}
     return _Ctx(
         runs=runs, labels=run_labels([(r.algo, r.run, r.path) for r in runs]), styles=run_styles(algos),
         ops=ops, status=status, learn_at=learn_at, unlearn_at=unlearn_at, n_tasks=n_tasks, k=k, where=where,
+        diverged_rows=diverged_rows, max_epochs_rows=max_epochs_rows,
     )
+
+
+DIVERGED_COLOR = "#c0392b"
+MAX_EPOCHS_COLOR = "#b9770e"
+
+
+def _mark_outcomes(ax, ctx: _Ctx) -> None:
+    """Operations that did not end at their goal: a red X (and dashed line) where a seed
+    diverged and stopped, an orange triangle where unlearning hit --max-epochs."""
+    for i in sorted(ctx.diverged_rows):
+        ax.axvline(i, color=DIVERGED_COLOR, linestyle="--", linewidth=1.2, zorder=3)
+        ax.plot([i], [0.04], marker="X", color=DIVERGED_COLOR, markersize=9, transform=ax.get_xaxis_transform(),
+                zorder=6, clip_on=False)
+    for i in sorted(ctx.max_epochs_rows):
+        ax.plot([i], [0.96], marker="v", color=MAX_EPOCHS_COLOR, markersize=7, transform=ax.get_xaxis_transform(),
+                zorder=6, clip_on=False)
+
+
+def _outcome_handles(ctx: _Ctx) -> list:
+    out = []
+    if ctx.diverged_rows:
+        out.append(Line2D([], [], color=DIVERGED_COLOR, marker="X", linestyle="--",
+                          label="diverged: the seed stopped here"))
+    if ctx.max_epochs_rows:
+        out.append(Line2D([], [], color=MAX_EPOCHS_COLOR, marker="v", linestyle="none",
+                          label="unlearning hit --max-epochs"))
+    return out
 
 
 def _check_compatible(runs: list[Results]) -> None:
@@ -240,6 +274,7 @@ def _task_grid(ctx: _Ctx, series, title: str, ylabel: str, ref: float | None, re
                 _band(ax, np.arange(mean.shape[0]), mean[:, t], std[:, t], st, lab, markers, connect,
                       lo=ylim[0], hi=ylim[1])
         ax.set_ylim(*ylim)
+        _mark_outcomes(ax, ctx)
         ax.set_title(f"task {t}", fontsize=10, pad=3)
         below = t + ncols < n  # another task subplot sits underneath: it carries the labels
         op_ticks(ax, ctx.ops, w / ncols, show_labels=not below, fontsize=7.5, minor=False)
@@ -253,7 +288,8 @@ def _task_grid(ctx: _Ctx, series, title: str, ylabel: str, ref: float | None, re
     fig.supylabel(ylabel, fontsize=10)
     absent = {j for j, d in enumerate(data) if d is None}
     _place_legend(fig, list(axes[n:]), _legend_handles(ctx, ref_label, status=True, events=True,
-                                                        absent=absent, absent_note=absent_note))
+                                                        absent=absent, absent_note=absent_note)
+                  + _outcome_handles(ctx))
     return fig
 
 
@@ -296,6 +332,7 @@ def _line_figure(ctx: _Ctx, series, title: str, ylabel: str, ylim, ref: float | 
         ax.text(0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center", fontsize=11,
                 color="#444444", wrap=True)
     ax.set_ylim(*ylim)
+    _mark_outcomes(ax, ctx)
     op_ticks(ax, ctx.ops, LINE_SIZE[0] - 1.2, fontsize=8.5)
     ax.set_xlabel("operation (each point: the state after that operation)", fontsize=10)
     ax.set_ylabel(ylabel, fontsize=10)
@@ -305,6 +342,7 @@ def _line_figure(ctx: _Ctx, series, title: str, ylabel: str, ylim, ref: float | 
     handles = _legend_handles(ctx, ref_label, status=False, events=False, absent=absent, absent_note="— no values")
     if is_u.any():
         handles.append(Patch(facecolor=UNLEARN_SHADE, edgecolor="#bbbbbb", label="unlearning op"))
+    handles += _outcome_handles(ctx)
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False, fontsize=9)
     return fig
 
