@@ -40,15 +40,36 @@ def test_fast_reference_gradients_equal_classic(kind, width):
         x = torch.randn(n, 1, 8, 8)
         y = torch.randint(0, 2, (n,))
         batches.append(TaskBatch(x, y, torch.tensor([2 * j, 2 * j + 1])))
+    import copy
+
+    fast_model = copy.deepcopy(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     Gc = ref_grads_classic(model, batches)
-    Gf = ref_grads_fast(model, batches)
+    Gf = ref_grads_fast(fast_model, batches)
     assert Gc.shape == Gf.shape == (3, sum(p.numel() for p in model.parameters()))
     rel = (Gc - Gf).norm(dim=1) / Gc.norm(dim=1)
     assert float(rel.max()) < 1e-5
-    # reference gradients never touch BatchNorm running statistics
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
+    # SPEC §2: each task's reference pass updates BatchNorm's running statistics in turn,
+    # and the grouped fast path reproduces the sequential updates (and the counts)
+    for (k, vc), vf in zip(model.state_dict().items(), fast_model.state_dict().values()):
+        if "num_batches_tracked" in k:
+            assert int(vc) == int(vf) == int(before[k]) + 3, k
+        else:
+            assert torch.allclose(vc, vf, rtol=1e-5, atol=1e-6), k
+    if kind == "resnet18":
+        # independently: the stem BatchNorm's running mean/var after three momentum-0.1
+        # updates with each task's own batch mean and unbiased variance of the stem conv
+        bn = model.bn1
+        rm, rv = before["bn1.running_mean"].clone(), before["bn1.running_var"].clone()
+        for b in batches:
+            with torch.no_grad():
+                h = torch.nn.functional.conv2d(b.x, model.conv1.weight, None, 1, 1)
+            rm = 0.9 * rm + 0.1 * h.mean(dim=(0, 2, 3))
+            rv = 0.9 * rv + 0.1 * h.var(dim=(0, 2, 3), unbiased=True)
+        assert torch.allclose(bn.running_mean, rm, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(bn.running_var, rv, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(fast_model.bn1.running_var, rv, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(rm, before["bn1.running_mean"])
 
 
 def test_gem_learning_respects_constraints_every_step(learned3, monkeypatch):
@@ -74,6 +95,69 @@ def test_gem_learning_respects_constraints_every_step(learned3, monkeypatch):
             bound = -info.eps * torch.as_tensor(info.v, dtype=x.dtype) - 1e-6 * x.norm() * G.norm(dim=1)
             assert bool((dots >= bound).all())
     assert projected > 0, "the test must exercise the projection"
+
+
+def test_fast_and_classic_agree_per_step_with_batchnorm():
+    """Reduced ResNet (BatchNorm): after every learning and unlearning step the weights and
+    the running statistics of fast and classic agree (the reference passes and the current
+    batch update them in the same order), and a step moves them."""
+    base = _state(model="resnet18", width=4, memories=16, learn_buffer_type="random",
+                  unlearn_buffer_type="random")
+    for t in range(2):
+        learn_task(base, t, impl="classic")
+
+    def trace(impl, op):
+        st = clone_state(base)
+        snaps = []
+
+        def progress(done, total, msg):
+            snaps.append({k: v.detach().clone() for k, v in st.model.state_dict().items()})
+
+        if op == "learn":
+            learn_task(st, 2, progress=progress, impl=impl)
+        else:
+            unlearn_task(st, 1, {"algo": "neggem", "max_epochs": 3, "stop_acc": 0.0}, progress=progress, impl=impl)
+        return snaps
+
+    for op in ("learn", "unlearn"):
+        fast, classic = trace("fast", op), trace("classic", op)
+        assert len(fast) == len(classic) > 2
+        for i, (sf, sc) in enumerate(zip(fast, classic)):
+            for k in sf:
+                if "num_batches_tracked" in k:
+                    assert int(sf[k]) == int(sc[k]), (op, i, k)
+                else:
+                    assert torch.allclose(sf[k], sc[k], rtol=1e-4, atol=1e-5), (op, i, k)
+        rm = [s["bn1.running_mean"] for s in fast]
+        assert not torch.allclose(rm[0], rm[-1])
+        # two reference tasks plus the current batch per learning step: 3 updates a step
+        if op == "learn":
+            assert int(fast[1]["bn1.num_batches_tracked"]) - int(fast[0]["bn1.num_batches_tracked"]) == 3
+
+
+def test_step_order_retained_tasks_then_current_batch():
+    """SPEC §2: within a step the retained tasks' passes run first (in learned order), then
+    the current (or forget) batch — the order that sets BatchNorm's running statistics."""
+    st = _state(model="resnet18", width=4, memories=16, learn_buffer_type="random",
+                unlearn_buffer_type="random", batch_size=10)
+    learn_task(st, 0, impl="classic")
+    learn_task(st, 1, impl="classic")
+    seen = []
+    hook = st.model.bn1.register_forward_pre_hook(lambda m, inp: seen.append((len(inp[0]), m.training)))
+    try:
+        learn_task(st, 2, impl="classic")
+    finally:
+        hook.remove()
+    sizes = [n for n, train in seen if train]
+    assert sizes[:6] == [16, 16, 10, 16, 16, 10]
+    seen.clear()
+    hook = st.model.bn1.register_forward_pre_hook(lambda m, inp: seen.append((len(inp[0]), m.training)))
+    try:
+        unlearn_task(st, 2, {"algo": "neggem", "max_epochs": 1, "stop_acc": 0.0}, impl="classic")
+    finally:
+        hook.remove()
+    train_sizes = [n for n, train in seen if train]
+    assert train_sizes[:3] == [16, 16, 20]  # tasks 0 and 1, then the forget batch (b + b)
 
 
 def test_learn_fast_and_classic_agree_per_step(learned3):

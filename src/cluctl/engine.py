@@ -351,8 +351,12 @@ def learn_task(state: State, task: int, progress: ProgressFn | None = None,
             b = perm_d[s : s + bs]
             if len(b) < 2:  # BatchNorm cannot normalise a single sample
                 continue
-            g, _loss = batch_grad(model, lambda m: masked_ce(m(X[b]), Y[b], cls_t))
+            # the retained tasks' passes first, then the current batch (SPEC §2: the GEM
+            # reference code's order, which sets BatchNorm's running statistics)
             refs = RefContext(model, ref_batches, impl, gen)
+            if ref_batches:
+                algo.prepare(refs, cfg)
+            g, _loss = batch_grad(model, lambda m: masked_ce(m(X[b]), Y[b], cls_t))
             x, info = algo.direction(g, refs, cfg)
             if info is not None:
                 projections += int(info.projected)
@@ -509,10 +513,13 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
                 loss_fn = lambda m_: s * masked_ce(m_(fx), fy, u_batch.classes)  # noqa: E731
             else:
                 loss_fn = lambda m_: -(s * masked_ce(m_(fx), fy, u_batch.classes))  # noqa: E731
+            # the retained tasks' passes first, then the forget batch (SPEC §2 order)
+            refs = RefContext(model, ref_batches, impl, gen)
+            if ref_batches:
+                refs.G  # noqa: B018 - computed and cached
             g_f, _ = batch_grad(model, loss_fn)
             if mask is not None and cfg["salun_on"] == "gradient":
                 g_f = g_f * mask
-            refs = RefContext(model, ref_batches, impl, gen)
             x, info = algo.combine(g_f, refs, cfg)
             if mask is not None and cfg["salun_on"] == "update":
                 x = x * mask

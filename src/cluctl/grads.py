@@ -30,8 +30,15 @@ fixed; SGD updates the weights in place) and replayed at every later step
 (:class:`GraphedRefGrads`; ``FAST_OPTIONS["cuda_graphs"]`` or ``CLUCTL_CUDA_GRAPHS=0`` turn
 it off): the same kernels without hundreds of launches per step.
 
-All compute reference gradients in train mode without touching BatchNorm's running
-statistics (:func:`reference_mode`); they agree to float rounding (tests/test_fastpath.py).
+All compute reference gradients in train mode, each task's buffer normalised with its own
+batch statistics, and (SPEC §2) each task's pass updates BatchNorm's running statistics in
+turn, in the order of ``batches``, exactly as one forward per task does (the grouped path
+calls the same native kernel per task with the running buffers, and counts
+``num_batches_tracked`` once per task); they agree to float rounding, running statistics
+included (tests/test_fastpath.py). ``REF_BN_UPDATE = False`` restores the earlier behaviour
+(reference passes leave the running statistics alone) for benchmarks that compare the two.
+Measurements that are not training steps use :func:`reference_mode` (batch statistics,
+running statistics untouched).
 
 Mixed precision: inside :func:`forward_precision` (``"bf16"``) the training forward passes
 (:func:`batch_grad`, classic and grouped reference gradients; the vmap fallback stays
@@ -71,6 +78,26 @@ from torch.overrides import TorchFunctionMode
 #             not yet measured, see benchmarks/bench_step.py's fast-cudnnbench).
 FAST_OPTIONS: dict = {"channels_last": None, "dense_small_conv": True, "chunk_mb": None, "cuda_graphs": None,
                       "cudnn_benchmark": False}
+
+# Do the reference-gradient passes update BatchNorm's running statistics (SPEC §2: yes)?
+# Only benchmarks flip this, to measure the earlier behaviour (False) side by side.
+REF_BN_UPDATE = True
+
+
+@contextmanager
+def _ref_bn(model: nn.Module):
+    """Train mode for a reference pass: running statistics updated (SPEC §2) unless
+    :data:`REF_BN_UPDATE` is off, in which case they are left alone."""
+    if not REF_BN_UPDATE:
+        with reference_mode(model):
+            yield
+        return
+    was_training = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -208,7 +235,7 @@ def ref_grads_classic(model: nn.Module, batches: list[TaskBatch]) -> torch.Tenso
     for j, b in enumerate(batches):
         for p in params:
             p.grad = None
-        with reference_mode(model), _autocast(params[0].device):
+        with _ref_bn(model), _autocast(params[0].device):
             loss = masked_ce(model(b.x), b.y, b.classes)
         loss.backward()
         beg = 0
@@ -259,6 +286,15 @@ def ref_grads_vmap(model: nn.Module, batches: list[TaskBatch], chunk_samples: in
                 flat = torch.cat([g[n].reshape(len(idx), -1) for n in names], dim=1)
                 for r, j in enumerate(idx):
                     out[j] = flat[r]
+    if REF_BN_UPDATE and _bn_modules(model):
+        # vmap cannot update module buffers: one forward per task, in order, updates the
+        # running statistics as the classic passes do (only this fallback pays for it)
+        was = model.training
+        model.train()
+        with torch.no_grad():
+            for b in batches:
+                model(b.x)
+        model.train(was)
     return torch.stack(out)  # type: ignore[arg-type]
 
 
@@ -293,6 +329,7 @@ class _Plan:
         self.cast = cast
         self.written: set[int] = set()
         self.token = torch.zeros((), device=out.device, requires_grad=True)
+        self.bn_modules: dict[int, nn.Module] = {}  # id(running_mean) -> its BatchNorm module
 
     def target(self, pid: int) -> tuple[torch.Tensor, bool]:
         """(t x numel view of the parameter's columns, accumulate?)."""
@@ -493,23 +530,31 @@ class _GroupedLinear(torch.autograd.Function):
 
 class _GroupedBatchNorm(torch.autograd.Function):
     """Training-mode BatchNorm with each task's own batch statistics (native kernels per
-    task: on CPU 4x faster than a vectorised formula over all tasks)."""
+    task: on CPU 4x faster than a vectorised formula over all tasks). With running
+    statistics (``stats`` = (running_mean, running_var, momentum, module)), each task's
+    kernel call updates them in turn, as one forward per task would."""
 
     @staticmethod
-    def forward(ctx, x, token, gamma, beta, eps, plan, ids):
+    def forward(ctx, x, token, gamma, beta, eps, plan, ids, stats=None):
         y = torch.empty_like(x)
         T, C = plan.T, x.shape[1]
+        rm = rv = None
+        mom = 0.0
+        if stats is not None:
+            rm, rv, mom, module = stats
+            if module is not None and T > 1:  # the module counted this forward once; one per task
+                module.num_batches_tracked.add_(T - 1)
         if x.dtype == torch.float32 and (gamma is None or gamma.dtype == torch.float32):
             # write straight into y's slices (saves a copy per task)
             means = x.new_empty(T, C)
             invstds = x.new_empty(T, C)
             for j, (s, e) in enumerate(plan.segs):
-                _bn_fwd_out(x[s:e], gamma, beta, None, None, True, 0.0, eps,
+                _bn_fwd_out(x[s:e], gamma, beta, rm, rv, True, mom, eps,
                             out=y[s:e], save_mean=means[j], save_invstd=invstds[j])
         else:  # mixed precision (bf16 activations, float32 affine parameters)
             ms, istds = [], []
             for s, e in plan.segs:
-                ys, m, istd = _bn_fwd(x[s:e], gamma, beta, None, None, True, 0.0, eps)
+                ys, m, istd = _bn_fwd(x[s:e], gamma, beta, rm, rv, True, mom, eps)
                 y[s:e] = ys
                 ms.append(m)
                 istds.append(istd)
@@ -547,7 +592,7 @@ class _GroupedBatchNorm(torch.autograd.Function):
             if has_g:
                 _put(dg[j], dgam, add_g)
                 _put(db[j], dbet, add_b)
-        return gx, None, None, None, None, None, None
+        return gx, None, None, None, None, None, None, None
 
 
 _BN_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
@@ -610,15 +655,22 @@ class _GroupedMode(TorchFunctionMode):
                                         plan, ids)
         if func is F.batch_norm:
             a = _bind(_BN_ARGS, _BN_DEFAULTS, args, kwargs)
-            if not a["training"] or a["running_mean"] is not None or a["running_var"] is not None:
-                raise _Unsupported("batch norm with running statistics")
+            if not a["training"]:
+                raise _Unsupported("batch norm in eval mode")
+            stats = None
+            if a["running_mean"] is not None or a["running_var"] is not None:
+                module = plan.bn_modules.get(id(a["running_mean"]))
+                if (a["running_mean"] is None or a["running_var"] is None or module is None
+                        or module.momentum is None):
+                    raise _Unsupported("batch norm with running statistics the grouped pass cannot update")
+                stats = (a["running_mean"], a["running_var"], float(a["momentum"]), module)
             ids = (self._pid(a["weight"]), self._pid(a["bias"]))
             if (ids[0] is None) != (ids[1] is None):
                 raise _Unsupported("batch norm with only one of weight/bias")
             if a["input"].shape[0] != plan.N:
                 raise _Unsupported("batch norm over something else than the stacked batch")
             return _GroupedBatchNorm.apply(a["input"], plan.token, self._detach(a["weight"]),
-                                           self._detach(a["bias"]), float(a["eps"]), plan, ids)
+                                           self._detach(a["bias"]), float(a["eps"]), plan, ids, stats)
         offsets = plan.offsets
         for v in (*args, *kwargs.values()):
             if isinstance(v, torch.Tensor):
@@ -664,6 +716,7 @@ class _Stacked:
 
 _STACK_CACHE: list[_Stacked] = []  # one entry: the latest operation's buffers
 _UNSUPPORTED: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+_SUPPORTED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 _ACT_BYTES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -752,11 +805,13 @@ def ref_grads_grouped(model: nn.Module, batches: list[TaskBatch], autocast_cache
     cast = _PRECISION.get()
     per = _per_sample_bytes(model, st.X) * (0.5 if cast is not None else 1.0)
     written: set[int] = set()
-    with reference_mode(model), torch.enable_grad(), _cudnn_benchmark(p0.device):
+    bn_modules = {id(m.running_mean): m for m in _bn_modules(model) if m.running_mean is not None}
+    with _ref_bn(model), torch.enable_grad(), _cudnn_benchmark(p0.device):
         for a, b in _chunks(st, per, p0.device):
             s0, s1 = st.starts[a], st.starts[b]
             segs = [(st.starts[j] - s0, st.starts[j + 1] - s0) for j in range(a, b)]
             plan = _Plan(out[a:b], offsets, segs, cast, st.channels_last)
+            plan.bn_modules = bn_modules
             with _autocast(p0.device, cache=autocast_cache):
                 with _GroupedMode(plan):
                     logits = model(st.X[s0:s1])
@@ -906,12 +961,23 @@ def ref_grads_fast(model: nn.Module, batches: list[TaskBatch], chunk_samples: in
         p = param_list(model)[0]
         return torch.zeros(0, n_params(model), device=p.device, dtype=p.dtype)
     if model not in _UNSUPPORTED:
+        known = model in _SUPPORTED
+        # a model the grouped path meets for the first time may turn out unsupported after
+        # some BatchNorm layers updated their running statistics: put them back first
+        saved = None if known else [(b, b.detach().clone()) for b in model.buffers()]
         try:
             if not _GRAPHS_BROKEN and _want_cuda_graphs(param_list(model)[0].device):
-                return _graphed_ref_grads(model, batches)
-            return ref_grads_grouped(model, batches)
+                out = _graphed_ref_grads(model, batches)
+            else:
+                out = ref_grads_grouped(model, batches)
+            if not known:
+                _SUPPORTED[model] = True
+            return out
         except _Unsupported as err:
             _UNSUPPORTED[model] = str(err)
+            with torch.no_grad():
+                for b, v in saved or []:
+                    b.copy_(v)
     return ref_grads_vmap(model, batches, chunk_samples or 8192)
 
 
@@ -932,5 +998,5 @@ __all__ = [
     "TaskBatch", "reference_mode", "forward_precision", "bf16_supported", "cpu_bf16_native", "masked_ce",
     "param_list", "n_params", "flat_grad",
     "batch_grad", "ref_grads_classic", "ref_grads_vmap", "ref_grads_grouped", "ref_grads_fast", "ref_grads",
-    "apply_update", "clear_cache", "release_graphs", "FAST_OPTIONS",
+    "apply_update", "clear_cache", "release_graphs", "FAST_OPTIONS", "REF_BN_UPDATE",
 ]

@@ -14,4 +14,12 @@ def direction(g, refs, cfg):
     return agem_project(g, g_ref)
 
 
-register(LearnAlgorithm("agem", direction))
+def prepare(refs, cfg):
+    m = cfg.get("agem_sample")
+    if m:
+        refs.pooled_grad(m)
+    else:
+        refs.G  # noqa: B018 - computed and cached
+
+
+register(LearnAlgorithm("agem", direction, prepare=prepare))

@@ -20,6 +20,7 @@ class RefContext:
     impl: str
     gen: torch.Generator
     _G: torch.Tensor | None = field(default=None, repr=False)
+    _pooled: dict = field(default_factory=dict, repr=False)
 
     @property
     def G(self) -> torch.Tensor:
@@ -29,7 +30,10 @@ class RefContext:
 
     def pooled_grad(self, m: int) -> torch.Tensor:
         """A-GEM paper variant: gradient of one random batch of m samples pooled from all
-        retained learn buffers (each sample keeps its own task's logit mask)."""
+        retained learn buffers (each sample keeps its own task's logit mask). Computed once
+        per step (a train-mode pass of the step: it updates BatchNorm's running statistics)."""
+        if m in self._pooled:
+            return self._pooled[m]
         xs, ys, cl = [], [], []
         for b in self.batches:
             xs.append(b.x)
@@ -42,8 +46,21 @@ class RefContext:
             logits = model(X[pick])
             return torch.nn.functional.cross_entropy(torch.gather(logits, 1, C[pick]), Y[pick])
 
-        g, _ = batch_grad(self.model, loss, update_bn=False)
+        g, _ = batch_grad(self.model, loss, update_bn=REF_BN_UPDATE_DEFAULT())
+        self._pooled[m] = g
         return g
+
+
+def REF_BN_UPDATE_DEFAULT() -> bool:  # noqa: N802 - read at call time (benchmarks flip it)
+    from .. import grads
+
+    return grads.REF_BN_UPDATE
+
+
+def prepare_G(refs: RefContext, cfg: dict) -> None:
+    """Compute the retained tasks' reference gradients now (they run before the current
+    batch's pass, in the GEM reference code's order: SPEC §2)."""
+    refs.G  # noqa: B018 - computed and cached
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,8 @@ class LearnAlgorithm:
     name: str
     direction: Callable  # (g, RefContext, cfg) -> (x, ProjectionInfo | None)
     uses_refs: bool = True
+    # computes the references a step needs before the current batch's gradient (SPEC §2 order)
+    prepare: Callable = prepare_G
 
 
 REGISTRY: dict[str, LearnAlgorithm] = {}
@@ -68,4 +87,4 @@ def get(name: str) -> LearnAlgorithm:
         raise UsageError(f"unknown learning algorithm '{name}'", f"choose one of: {', '.join(LEARN_ALGOS)}") from None
 
 
-__all__ = ["RefContext", "LearnAlgorithm", "register", "get", "REGISTRY", "masked_ce"]
+__all__ = ["RefContext", "LearnAlgorithm", "register", "get", "REGISTRY", "masked_ce", "prepare_G"]
