@@ -13,11 +13,13 @@ os.environ.setdefault("CLUCTL_DEBUG", "0")
 
 CLUCTL = [sys.executable, "-m", "cluctl.cli.main"]
 
-# A tiny profile for end-to-end runs (DESIGN.md, "Tests").
+# A tiny profile for end-to-end runs (DESIGN.md, "Tests"). Distinct random learn and unlearn
+# buffers, so that code paths that read one buffer instead of the other give different
+# numbers (with first/same the two buffers coincide and such mistakes go unseen).
 TINY = {"dataset": "digits", "model": "mlp", "width": 32, "epochs": 1, "memories": 32,
-        "learn_buffer_type": "first", "unlearn_buffer_type": "same"}
+        "learn_buffer_type": "random", "unlearn_buffer_type": "random"}
 TINY_FLAGS = ["--dataset", "digits", "--model", "mlp", "--width", "32", "--epochs", "1", "--memories", "32",
-              "--learn-buffer-type", "first", "--unlearn-buffer-type", "same"]
+              "--learn-buffer-type", "random", "--unlearn-buffer-type", "random"]
 
 
 def run_cli(args, store=None, env=None, check=None, timeout=600):

@@ -22,6 +22,8 @@ engine's passes.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from collections import Counter
 
@@ -172,6 +174,18 @@ def _correct(model, st, t, idx):
 # ---------------------------------------------------------------- fixtures
 
 
+def _clone(st):
+    """conftest's clone_state, plus a copy of every other list/dict field it leaves shared
+    (e.g. the options given along the lineage, which an unlearning request extends), so
+    that no test sees another's options."""
+    new = clone_state(st)
+    for f in dataclasses.fields(st):
+        v = getattr(new, f.name)
+        if isinstance(v, (dict, list)) and v is getattr(st, f.name):
+            setattr(new, f.name, copy.deepcopy(v))
+    return new
+
+
 @pytest.fixture(scope="module")
 def learned3():
     """Tasks 0, 1, 2 learned with GEM, random (distinct) learn and unlearn buffers."""
@@ -271,7 +285,7 @@ def test_unlearning_steps_match_independent_computation(learned3, algo):
     """Every step: the forget batch (next b of the unlearn buffer AND next b of the learn
     buffer, cycling), the scaled forget loss, the reference set (retained tasks only) and
     the projection with margin = unlearn memory strength, all recomputed here."""
-    st = clone_state(learned3)
+    st = _clone(learned3)
     unlearn, learn = _distinct_buffers(st)
     ucfg = {"algo": algo, "unlearning_rate": 0.01, "forget_loss_scale": 2.0, "unlearn_batch_size": 10,
             "unlearn_mem_strength": 0.5, "alpha": 0.3, "stop_acc": 0.0, "max_epochs": 2}
@@ -306,7 +320,7 @@ def test_unlearning_steps_match_independent_computation(learned3, algo):
 def test_forget_batch_cycles_both_buffers(learned3):
     """SPEC §3: the forget batch of step k is unlearn[(kb..kb+b-1) mod n_u] plus
     learn[(kb..kb+b-1) mod n_l]; checked against gradients of the alternatives."""
-    st = clone_state(learned3)
+    st = _clone(learned3)
     unlearn, learn = _distinct_buffers(st)
     ucfg = {"algo": "neggem", "unlearning_rate": 0.01, "forget_loss_scale": 3.0, "unlearn_batch_size": 7,
             "unlearn_mem_strength": 0.5, "stop_acc": 0.0, "max_epochs": 2}
@@ -325,7 +339,7 @@ def test_forget_batch_cycles_both_buffers(learned3):
 
 def test_forget_loss_scale_scales_the_forget_gradient(learned3):
     """g_f for s = 4 is 4x the gradient of -CE(forget batch) (ascent), recomputed here."""
-    st = clone_state(learned3)
+    st = _clone(learned3)
     unlearn, learn = _distinct_buffers(st)
     ucfg = {"algo": "negagem", "unlearning_rate": 0.005, "forget_loss_scale": 4.0, "unlearn_batch_size": 10,
             "stop_acc": 0.0, "max_epochs": 1}
@@ -360,7 +374,7 @@ def test_stop_rule_is_measured_on_the_union_of_both_buffers(learned3):
     """stop_acc 0.74 lies between the union's 0.714 and the 0.778 of the two buffers
     counted with repeats, above the unlearn buffer's 0.5 and below the learn buffer's 1.0:
     only the union (each sample once) stops at once, reporting 30/42."""
-    st = clone_state(learned3)
+    st = _clone(learned3)
     unlearn, learn = _stop_rule_buffers(st)
     w0 = _flat(st.model)
     assert _accuracy(st.model, st, FORGET, unlearn + learn) == pytest.approx(30 / 42)
@@ -374,7 +388,7 @@ def test_stop_rule_checked_before_every_step(learned3):
     """stop_acc 0.6: above the unlearn buffer's 0.5 but below the union's 0.714, so
     unlearning must take steps; before each, the union accuracy (recomputed here in eval
     mode) is above the stop accuracy; the reported final accuracy is the union's."""
-    st = clone_state(learned3)
+    st = _clone(learned3)
     unlearn, learn = _stop_rule_buffers(st)
     ucfg = {"algo": "neggem", "unlearning_rate": 0.01, "forget_loss_scale": 5.0, "unlearn_batch_size": 10,
             "unlearn_mem_strength": 0.5, "stop_acc": 0.6, "max_epochs": 2}
@@ -412,7 +426,7 @@ def _check_mask(mask, a, thr, strength):
 
 @pytest.mark.parametrize("mode", ["gradient", "update"])
 def test_salun_mask_and_its_use(learned3, mode):
-    st = clone_state(learned3)
+    st = _clone(learned3)
     unlearn, learn = _distinct_buffers(st)
     a, thr = _salun_expected(st, st.model, unlearn, 0.1)
     assert thr > 0
@@ -502,7 +516,7 @@ def test_learning_steps_match_independent_computation(learned3, algo, task):
     against the OTHER learned tasks' learn-buffer gradients when some <g, g_j> < 0, else g
     itself; A-GEM against their mean; naive: g. ``task`` 1 is a relearn: its own buffer is
     not a reference."""
-    st = clone_state(learned3)
+    st = _clone(learned3)
     st.config.update(learn_algo=algo, mem_strength=0.5)
     lr = st.config["lr"]
     retained = [j for j in st.learned if j != task]
@@ -515,7 +529,7 @@ def test_learning_steps_match_independent_computation(learned3, algo, task):
     assert summary["steps"] == len(rec.inputs) > 10
     weights = rec.weights + [_flat(st.model)]
     rows = _row_index(st, task)
-    model = clone_state(learned3).model
+    model = _clone(learned3).model
     n_proj = n_free = 0
     for k, xb in enumerate(rec.inputs):
         torch.nn.utils.vector_to_parameters(weights[k], _params(model))
@@ -607,7 +621,7 @@ def test_random_labels_uniform_over_the_other_classes():
 
 def test_rl_unlearning_uses_other_class_labels(learned3):
     """rl-gem: every forget label differs from the true one (k = 2: the other class)."""
-    st = clone_state(learned3)
+    st = _clone(learned3)
     unlearn, learn = _distinct_buffers(st)
     ucfg = {"algo": "rl-gem", "unlearning_rate": 0.03, "forget_loss_scale": 1.0, "unlearn_batch_size": 10,
             "unlearn_mem_strength": 0.5, "stop_acc": 0.0, "max_epochs": 1}

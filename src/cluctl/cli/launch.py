@@ -102,6 +102,10 @@ def launch(
     mia: Optional[bool] = typer.Option(None, "--mia/--no-mia", rich_help_panel=P_OUT,
                                        help="Membership-inference attacks after every operation (mia.csv)."),
     plots: Optional[bool] = typer.Option(None, "--plots/--no-plots", rich_help_panel=P_OUT, help="Standard figures in <out>/plots/ (default: on)."),
+    reference: Optional[str] = typer.Option(None, "--reference", rich_help_panel=P_OUT,
+                                            help="CL-ToW reference: prefix (the earlier forgotten-nothing row) or "
+                                                 "retrain (models retrained on the retained tasks, trained once in "
+                                                 "the store; reports how many operations that took) (default: prefix)."),
     quiet: Optional[bool] = typer.Option(None, "--quiet", "-q", rich_help_panel=P_OUT, help="No progress on stderr."),
     # --- thesis toggles
     salun: Optional[int] = typer.Option(None, "--salun", rich_help_panel=P_THESIS,

@@ -190,6 +190,11 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (a stable interface)."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
     metrics: bool = typer.Option(False, "--metrics", help="For a results folder: ACC, BWT, CL-ToW, CLU_mix per operation."),
+    reference: str = typer.Option("prefix", "--reference", help="CL-ToW reference with --metrics: prefix (the "
+                                  "earlier forgotten-nothing row; none for most presets) or retrain (a model "
+                                  "retrained on the retained tasks, trained once in the run's store)."),
+    impl: str = ImplOpt,
+    threads: Optional[int] = ThreadsOpt,
     device: Optional[str] = DeviceOpt,
     store: Optional[str] = StoreOpt,
     data_root: Optional[str] = DataRootOpt,
@@ -206,7 +211,11 @@ def evaluate(
     if os.path.isdir(ref) and (metrics or os.path.exists(os.path.join(ref, "summary.json"))):
         from .results import evaluate_results
 
-        evaluate_results(ref, as_json=as_json, as_csv=as_csv)
+        kw = {}
+        if reference == "retrain":
+            kw = dict(store=open_store(store, must_exist=True), device=device, data_root=data_root,
+                      download=download, impl=impl, threads=threads)
+        evaluate_results(ref, as_json=as_json, as_csv=as_csv, reference=reference, **kw)
         return
     if metrics:
         raise CluctlError(f"--metrics needs a launch's results folder; '{ref}' is not one",

@@ -14,12 +14,21 @@ from .common import print_json
 COLS = ("retain_acc", "forget_acc", "tow", "clu_mix")
 
 
-def _per_op(folder: Path, summary: dict):
+def _per_op(folder: Path, summary: dict, reference: str = "prefix", **kw):
     import numpy as np
     import pandas as pd
 
     mfile = folder / "metrics.csv"
-    if mfile.exists():
+    if reference == "retrain" or (reference == "prefix" and summary.get("reference") == "retrain"):
+        # retrain: oracles from the store; prefix on a folder written with retrain: recomputed
+        from .. import api
+
+        res = api.run_metrics(folder, reference=reference, **kw)
+        df = pd.DataFrame(res["rows"])
+        for c in COLS:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+        _per_op.trained = res["retrain_ops_trained"]
+    elif mfile.exists():
         df = pd.read_csv(mfile)
     else:  # recompute from the per-seed matrices
         from ..metrics import per_op_table
@@ -48,7 +57,8 @@ def _per_op(folder: Path, summary: dict):
     return rows
 
 
-def evaluate_results(folder: str, as_json: bool = False, as_csv: bool = False) -> None:
+def evaluate_results(folder: str, as_json: bool = False, as_csv: bool = False, reference: str = "prefix",
+                     **kw) -> None:
     path = Path(folder)
     sfile = path / "summary.json"
     if not sfile.exists():
@@ -60,15 +70,19 @@ def evaluate_results(folder: str, as_json: bool = False, as_csv: bool = False) -
         raise UsageError(f"{sfile} cannot be read: {e}") from None
     if not isinstance(summary, dict):
         raise UsageError(f"{sfile} is not a launch summary (a JSON object)", "re-run the launch or restore the file")
+    if reference not in ("prefix", "retrain"):
+        raise UsageError(f"--reference '{reference}' is not valid", "choose prefix or retrain")
+    _per_op.trained = 0
     try:
-        rows = _per_op(path, summary)
+        rows = _per_op(path, summary, reference, **kw)
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:  # a missing or damaged table
         what = " ".join(str(e).split())[:200] or type(e).__name__
         raise UsageError(f"{folder} is an incomplete or damaged launch results folder ({type(e).__name__}: {what})",
                          "rebuild it with `cluctl launch --aggregate-only --resume RUN`") from None
     final = summary.get("mean", {})
     if as_json:
-        print_json({"run": summary.get("run"), "per_op": rows,
+        print_json({"run": summary.get("run"), "reference": reference,
+                    "retrain_ops_trained": _per_op.trained, "per_op": rows,
                     "final": {k: final.get(k) for k in ("acc", "bwt", "final_forget_acc", "final_retain_acc",
                                                          "final_tow", "final_clu_mix")},
                     "std": summary.get("std", {})})
@@ -96,5 +110,8 @@ def evaluate_results(folder: str, as_json: bool = False, as_csv: bool = False) -
     con = Console()
     con.print(t)
     std = summary.get("std", {})
+    if reference == "retrain":
+        con.print(f"CL-ToW reference: retrained oracles ({_per_op.trained} operation(s) trained now; "
+                  "cached in the store)")
     con.print("ACC " + fmt(final.get("acc"), std.get("acc")) + "   BWT " + fmt(final.get("bwt"), std.get("bwt"))
               + "   (learning prefix: the operations before the first unlearn)")

@@ -52,6 +52,35 @@ def register_run(store, plan: Plan) -> None:
         store.set_ref(ref, oid)
 
 
+def retrain_refs(plan: Plan, store, run_obj: dict, complete: dict, console) -> tuple[dict | None, int | None]:
+    """With ``--reference retrain``: each complete seed's CL-ToW references (SPEC §7),
+    training the oracles that the store does not hold yet (in this process, seed by seed)."""
+    if plan.reference != "retrain" or not complete:
+        return None, None
+    import numpy as np
+
+    from .reference import retrain_references
+
+    execution = {"device": plan.devices[0] if plan.devices else None, "data_root": plan.data_root,
+                 "download": plan.download, "threads": plan.threads * max(1, plan.concurrency()),
+                 "impl": plan.impl, "precision": plan.precision}
+    refs, trained = {}, 0
+
+    def note(msg: str) -> None:
+        if not plan.quiet:
+            console.print(msg, markup=False, highlight=False, soft_wrap=True)
+
+    for s, res in complete.items():
+        labels = [r["op"] for r in res]
+        tr = np.array([[np.nan if v is None else v for v in r["eval"]["train_acc"]] for r in res], dtype=float)
+        te = np.array([[np.nan if v is None else v for v in r["eval"]["test_acc"]] for r in res], dtype=float)
+        refs[s], n = retrain_references(store, plan.run, s, labels, plan.n_tasks, tr, te, execution, progress=note)
+        trained += n
+    note(f"retrain reference: {trained} operation(s) trained for run {plan.run} "
+         f"(oracles already in the store are reused)")
+    return refs, trained
+
+
 def jobs_for(plan: Plan) -> list[dict]:
     return [{
         "run": plan.run, "seed": seed, "config": plan.config, "sequence": plan.sequence, "device": device,
@@ -92,7 +121,9 @@ def aggregate(plan: Plan, store, console: Console, complete_only_ok: bool = True
         console.print(f"warning: some operations of run {plan.run} have no MIA results; compute them with "
                       f"`cluctl launch --resume {plan.run} --mia`", markup=False, soft_wrap=True)
     mia = plan.mia or have_mia
-    out = write_results(plan.out, run_obj, complete, mia=mia, failed=failed_seeds)
+    refs, trained = retrain_refs(plan, store, run_obj, complete, console)
+    out = write_results(plan.out, run_obj, complete, mia=mia, failed=failed_seeds, references=refs,
+                        reference=plan.reference, retrain_ops=trained)
     if plan.plots:
         make_plots(out)
     return LaunchOutcome(plan.run, out, EXIT_FAILED if failed_seeds else EXIT_OK, complete=list(complete),
@@ -143,7 +174,9 @@ def execute(plan: Plan, store=None, console: Console | None = None, live: bool |
     failed_seeds = collect_failed(st, run_obj, incomplete)
     out = None
     if complete or failed_seeds:
-        out = write_results(plan.out, run_obj, complete, mia=plan.mia, failed=failed_seeds)
+        refs, trained = retrain_refs(plan, st, run_obj, complete, console)
+        out = write_results(plan.out, run_obj, complete, mia=plan.mia, failed=failed_seeds, references=refs,
+                            reference=plan.reference, retrain_ops=trained)
         if plan.plots:
             make_plots(out)
     code = EXIT_FAILED if failed or incomplete else EXIT_OK

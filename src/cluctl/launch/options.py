@@ -34,7 +34,7 @@ FORMAT = 1
 SCIENTIFIC_KEYS: tuple[str, ...] = ("dataset", "tasks", "model", "width") + tuple(C.LEARN_DEFAULTS) + tuple(C.UNLEARN_DEFAULTS)
 RUN_KEYS = ("sequence", "seeds", "seed_list", "name")
 EXECUTION_KEYS = ("devices", "gpus", "per_device", "threads", "impl", "precision", "data_root", "download", "store")
-OUTPUT_KEYS = ("out", "mia", "plots", "quiet")
+OUTPUT_KEYS = ("out", "mia", "plots", "quiet", "reference")
 ACTION_KEYS = ("resume", "aggregate_only")
 THESIS_TOGGLES = ("salun", "mem_learning_buffer", "mem_unlearning_buffer")
 ALL_KEYS: tuple[str, ...] = SCIENTIFIC_KEYS + RUN_KEYS + EXECUTION_KEYS + OUTPUT_KEYS + ACTION_KEYS + THESIS_TOGGLES
@@ -56,7 +56,7 @@ THESIS_ALIASES: dict[str, str] = {
 
 _DEFAULTS: dict[str, Any] = {
     "sequence": "A4", "per_device": 1, "impl": "fast", "precision": "fp32", "download": False,
-    "mia": False, "plots": True, "quiet": False, "resume": None, "aggregate_only": False,
+    "mia": False, "plots": True, "quiet": False, "resume": None, "aggregate_only": False, "reference": "prefix",
 }
 
 _KNOWN_DATASETS = {"digits": (10, 5), "cifar10": (10, 5), "cifar100": (100, 20)}  # classes, default tasks
@@ -416,6 +416,7 @@ class Plan:
     explicit_threads: bool = False
     warnings: list[str] = field(default_factory=list)
     given: dict[str, Any] = field(default_factory=dict)
+    reference: str = "prefix"  # CL-ToW reference: prefix or retrain
 
     @property
     def n_tasks(self) -> int:
@@ -530,5 +531,9 @@ def make_plan(values: dict[str, Any], store=None) -> Plan:
         quiet=_bool(v.get("quiet") or False, "quiet"), resume=resume is not None, aggregate_only=aggregate_only,
         explicit_threads=execution.get("threads") is not None, warnings=warnings, given=given_opts,
     )
+    reference = str(v.get("reference") or _DEFAULTS["reference"]).strip().lower()
+    if reference not in ("prefix", "retrain"):
+        raise UsageError(f"--reference '{v.get('reference')}' is not valid", "choose prefix or retrain")
+    plan.reference = reference
     plan.threads = execution["threads"] or max(1, available_cores() // plan.concurrency())
     return plan

@@ -188,7 +188,9 @@ def clean_dead_temp_files(folder: Path) -> None:
 
 def write_results(out: str | os.PathLike, run_obj: dict, per_seed: dict[int, list[dict]], mia: bool = False,
                   provenance_extra: dict | None = None,
-                  failed: dict[int, tuple[list[dict], dict]] | None = None) -> Path:
+                  failed: dict[int, tuple[list[dict], dict]] | None = None,
+                  references: dict[int, list] | None = None, reference: str = "prefix",
+                  retrain_ops: int | None = None) -> Path:
     """Write the results folder for the complete seeds in ``per_seed`` (seed order kept)
     and the seeds in ``failed`` (see :func:`collect_failed`): tables up to the failure,
     the failure in ``metrics.csv`` and ``summary.json``, left out of means and stds."""
@@ -228,8 +230,9 @@ def write_results(out: str | os.PathLike, run_obj: dict, per_seed: dict[int, lis
                               _csv(cols, [[labels[i], *mat[i].tolist()] for i in range(n_ops)]))
         test, train = mats["test_acc"][-1], mats["train_acc"][-1]
         try:
-            fm = final_metrics(labels, test, train, k)
-            table = per_op_table(labels, test, train, k)
+            ref = (references or {}).get(s)
+            fm = final_metrics(labels, test, train, k, reference=ref)
+            table = per_op_table(labels, test, train, k, reference=ref)
             for i, row in table.iterrows():
                 metric_rows.append([s, int(i), row["op"], row["retain_acc"], row["forget_acc"], row["tow"],
                                     row["clu_mix"], int(res[i].get("summary", {}).get("steps") or 0),
@@ -337,6 +340,8 @@ def write_results(out: str | os.PathLike, run_obj: dict, per_seed: dict[int, lis
         # operations that did not end at their goal: diverged (the seed stopped there) and
         # unlearning requests that hit --max-epochs without reaching the stop accuracy
         "failed": failures,
+        # CL-ToW reference: "prefix" (SPEC §7) or "retrain" (with the operations trained for it)
+        "reference": reference, "retrain_ops_trained": retrain_ops,
         "max_epochs_ops": [{"seed": e["seed"], "row": i, "op": e["ops"][i]}
                            for e in seed_entries for i, st in enumerate(e["op_stopped"]) if st == "max-epochs"],
     }

@@ -1,0 +1,125 @@
+"""CL-ToW against a retrained model (``--reference retrain``, SPEC §7).
+
+For a row of a seed's results whose retained set has no earlier forgotten-nothing row (the
+prefix reference), the oracle learns exactly the retained tasks from the run's initial
+weights, in the order they were first learned, with the run's seed and options. Each
+oracle prefix is stored like any operation of a run (a checkpoint and an op-result under
+``runs/<run>/seed-<s>/retrain/<L0-L2-L3>``), so identical prefixes are trained once:
+operation ``j`` of an oracle draws from the same generator (seed, j) as operation ``j`` of
+the run, so an oracle prefix that equals the run's own learning prefix gives the same
+checkpoint (the same id) and is taken from the run instead of being trained again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from ..metrics import reference_rows
+from ..metrics.core import _status_arrays, parse_ops
+from .worker import MATRICES, _clean, completed_prefix, op_ref, seed_prefix
+
+
+def retrain_ref(run: str, seed: int, tasks: list[int]) -> str:
+    return f"{seed_prefix(run, seed)}/retrain/" + "-".join(f"L{t}" for t in tasks)
+
+
+def oracle_tasks(ops: list[str], n_tasks: int) -> list[list[int] | None]:
+    """Per row: the tasks the oracle learns (retained tasks in order of first learning), or
+    None where the row has no retained task."""
+    parsed = parse_ops(ops, n_tasks)
+    st = _status_arrays(parsed, n_tasks)
+    first: dict[int, int] = {}
+    for i, (kind, t) in enumerate(parsed):
+        if kind == "L" and t not in first:
+            first[t] = i
+    out: list[list[int] | None] = []
+    for i in range(len(parsed)):
+        keep = [t for t in np.flatnonzero(st[i] == 1).tolist()]
+        out.append(sorted(keep, key=lambda t: first[t]) if keep else None)
+    return out
+
+
+def _eval_rows(result: dict) -> tuple[np.ndarray, np.ndarray]:
+    ev = result["eval"]
+    return (np.array([np.nan if v is None else v for v in ev["train_acc"]], dtype=float),
+            np.array([np.nan if v is None else v for v in ev["test_acc"]], dtype=float))
+
+
+def oracle_result(store, run: str, seed: int, tasks: list[int], ops: list[str], execution: dict,
+                  trained: list[int], progress: Callable[[str], None] | None = None) -> dict:
+    """The op-result of the oracle that learned ``tasks`` in order (trained if needed)."""
+    from ..api import scores_provider
+    from ..engine import evaluate_state, learn_task, load_state, save_state
+
+    # the longest prefix already available: a stored oracle, or the run's own clean prefix
+    done_ids = completed_prefix(store, run, seed)
+    start, start_ck = 0, store.get_ref(f"{seed_prefix(run, seed)}/init")
+    for j in range(len(tasks), 0, -1):
+        oid = store.get_ref(retrain_ref(run, seed, tasks[:j]))
+        if oid is not None:
+            res = store.get_json(oid)
+            if j == len(tasks):
+                return res
+            start, start_ck = j, res["checkpoint"]
+            break
+        clean = all(not o.startswith("U") for o in ops[:j])
+        if clean and ops[:j] == [f"L{t}" for t in tasks[:j]] and len(done_ids) >= j:
+            res = store.get_json(done_ids[j - 1])
+            if j == len(tasks):
+                return res
+            start, start_ck = j, res["checkpoint"]
+            break
+    if start_ck is None:
+        from ..errors import NotFound
+
+        raise NotFound(f"seed {seed} of run {run} has no initial checkpoint in the store",
+                       "the retrained reference needs the run's store (pass --store)")
+    common = {k: execution.get(k) for k in ("device", "data_root", "download", "threads")}
+    state = load_state(store, start_ck, **common)
+    scores_fn = scores_provider(store, state.config)
+    result: dict[str, Any] = {}
+    for j in range(start, len(tasks)):
+        t = tasks[j]
+        if progress:
+            progress(f"retrain reference: seed {seed} learns " + " ".join(f"L{x}" for x in tasks[: j + 1]))
+        summary = learn_task(state, t, scores_fn=scores_fn, impl=execution.get("impl") or "fast",
+                             precision=execution.get("precision") or "fp32")
+        ck = save_state(store, state, f"L{t}")
+        ev = evaluate_state(state)
+        result = {"type": "op-result", "format": 1, "run": run, "seed": seed, "index": j, "op": f"L{t}",
+                  "checkpoint": ck, "eval": {k: _clean(ev[k].tolist()) for k in MATRICES},
+                  "summary": {k: v for k, v in summary.items() if k != "wall_s"}, "mia": None,
+                  "oracle": [f"L{x}" for x in tasks[: j + 1]]}
+        store.set_ref(retrain_ref(run, seed, tasks[: j + 1]), store.put_json(result))
+        trained.append(1)
+    return result
+
+
+def retrain_references(store, run: str, seed: int, ops: list[str], n_tasks: int, train_acc: np.ndarray,
+                       test_acc: np.ndarray, execution: dict | None = None, force: bool = False,
+                       progress: Callable[[str], None] | None = None) -> tuple[list, int]:
+    """Per row, the (train_acc row, test_acc row) CL-ToW compares with: the prefix
+    reference where it exists (unless ``force``), else the retrained oracle's; None where
+    the row retains nothing. Returns (references, operations trained)."""
+    execution = dict(execution or {})
+    prefix = reference_rows(ops, n_tasks)
+    wanted = oracle_tasks(ops, n_tasks)
+    trained: list[int] = []
+    refs: list = []
+    for i, op in enumerate(ops):
+        if prefix[i] is not None and not force:
+            r = prefix[i]
+            refs.append((np.asarray(train_acc[r], dtype=float), np.asarray(test_acc[r], dtype=float)))
+            continue
+        tasks = wanted[i]
+        if tasks is None:
+            refs.append(None)
+            continue
+        res = oracle_result(store, run, seed, tasks, ops, execution, trained, progress)
+        refs.append(_eval_rows(res))
+    return refs, len(trained)
+
+
+__all__ = ["oracle_tasks", "retrain_references", "retrain_ref"]
