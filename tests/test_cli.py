@@ -69,7 +69,7 @@ def test_store_commands(chain):
     lines = p.stdout.strip().splitlines()
     assert [ln.split()[1] for ln in lines] == ["L1", "L0", "init"]
     p = run_cli(["store", "show", "tags/two"], store=store, check=0)
-    assert "learned     0 1" in p.stdout and "task 1: learn first x32" in p.stdout
+    assert "learned     0 1" in p.stdout and "task 1: learn random x32, unlearn random x32" in p.stdout
     p = run_cli(["store", "ls", "--json"], store=store, check=0)
     refs = {r["ref"]: r for r in json.loads(p.stdout)}
     assert refs["tags/two"]["op"] == "L1"

@@ -169,7 +169,7 @@ def test_learn_fast_and_classic_agree_per_step(learned3):
 
 
 def test_buffers_first_and_random():
-    st = _state(memories=20)
+    st = _state(memories=20, learn_buffer_type="first", unlearn_buffer_type="same")
     learn_task(st, 0)
     b = st.buffers[0]
     assert len(b["learn"]["indices"]) == 20 and b["unlearn"]["indices"] == b["learn"]["indices"]
@@ -287,16 +287,19 @@ def test_unlearning_reaches_stop_accuracy_and_updates_sets(learned3):
     assert st.learned == [0, 1, 2] and st.forgotten == []
 
 
-def test_diverging_ascent_stops_with_finite_weights(learned3):
-    """On the tiny profile (32 memories) the buffer's majority class is 19/32 = 0.594 > the
-    stop accuracy, so gradient ascent collapses the model to one class and then blows up:
-    the engine must stop before a non-finite update and keep finite weights."""
+def test_diverging_ascent_fails_and_keeps_the_task_learned(learned3):
+    """Gradient ascent that runs away (here: an unlearning rate of 50) fails the request:
+    Diverged, with the model, the learned tasks and the buffers as they were (SPEC §3)."""
+    from cluctl.errors import Diverged
+
     st = clone_state(learned3)
-    s = unlearn_task(st, 2, {"algo": "neggem"})
-    assert s["stopped"] == "diverged"
-    assert all(bool(torch.isfinite(p).all()) for p in st.model.parameters())
+    before = {k: v.clone() for k, v in st.model.state_dict().items()}
+    with pytest.raises(Diverged) as ei:
+        unlearn_task(st, 2, {"algo": "neggem", "unlearning_rate": 50.0, "stop_acc": 0.0})
+    assert ei.value.summary["stopped"] == "diverged"
+    assert all(torch.equal(v, before[k]) for k, v in st.model.state_dict().items())
+    assert st.learned == [0, 1, 2] and st.forgotten == [] and 2 in st.buffers
     assert np.isfinite(evaluate_state(st)["test_acc"]).all()
-    assert st.forgotten == [2]
 
 
 def test_unlearning_only_task_resets_to_initial_weights():

@@ -78,8 +78,16 @@ class _Twin:
         x, info = self.fn(g, refs, cfg)
         classic = RefContext(refs.model, refs.batches, "classic", refs.gen)
         xc, ic = self.fn(g, classic, cfg)
-        for k, v in refs.model.state_dict().items():  # reference gradients change nothing
-            assert torch.equal(v, state_before[k]), k
+        # the classic twin's reference passes update BatchNorm's running statistics (SPEC §2);
+        # the fast ones already did, before the current batch: undo the twin's, and check
+        # that they changed nothing else (running statistics are compared per step in
+        # test_engine.py::test_fast_and_classic_agree_per_step_with_batchnorm)
+        with torch.no_grad():
+            for k, v in refs.model.state_dict().items():
+                if "running_" in k or "num_batches_tracked" in k:
+                    v.copy_(state_before[k])
+                else:
+                    assert torch.equal(v, state_before[k]), k
         if refs.batches:
             self.steps.append({"G": _rows_rel(refs.G, classic.G), "x": _rel(x, xc),
                                "same_decision": getattr(info, "projected", None) == getattr(ic, "projected", None),
@@ -155,16 +163,25 @@ def test_grouped_equals_classic_ragged_and_chunked(kind, width, shape, kernels, 
     torch.manual_seed(0)
     model = build_model(kind, width, shape, 10)
     batches = _batches(shape, [12, 12, 7, 5])  # unequal buffer sizes
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    import copy
+
+    fast, chunked = copy.deepcopy(model), copy.deepcopy(model)
     Gc = ref_grads_classic(model, batches)
-    Gf = ref_grads_fast(model, batches)
-    assert grads._UNSUPPORTED.get(model) is None
+    Gf = ref_grads_fast(fast, batches)
+    assert grads._UNSUPPORTED.get(fast) is None
     assert Gf.shape == Gc.shape and _rows_rel(Gf, Gc) <= TOL
     monkeypatch.setitem(grads.FAST_OPTIONS, "chunk_mb", 1e-6)  # one task per chunk
     grads.clear_cache()
-    assert _rows_rel(ref_grads_fast(model, batches), Gc) <= TOL
-    for k, v in model.state_dict().items():  # BatchNorm running statistics untouched
-        assert torch.equal(v, before[k]), k
+    assert _rows_rel(ref_grads_fast(chunked, batches), Gc) <= TOL
+    # BatchNorm running statistics: the same sequential updates, one per task, in one
+    # grouped pass or in chunks, as the classic per-task passes (SPEC §2)
+    for k, v in model.state_dict().items():
+        for other in (fast, chunked):
+            w = other.state_dict()[k]
+            if "num_batches_tracked" in k:
+                assert int(w) == int(v) == len(batches), k
+            else:
+                assert torch.allclose(w, v, rtol=1e-5, atol=1e-6), k
 
 
 def test_stacked_buffers_are_cached_per_batch_list_and_invalidated():
@@ -238,8 +255,11 @@ def test_blocked_cpu_projection_equals_unblocked(monkeypatch):
     monkeypatch.setattr(proj, "_BLOCK_MIN_NUMEL", 1 << 62)
     xu, iu = proj.gem_step(g, G, 0.5, impl="fast")
     assert ib.projected and iu.projected
-    assert _rel(xb, xu) <= 1e-9
-    np.testing.assert_allclose(ib.v, iu.v, rtol=1e-9)
+    # x is float32 (formed in float64, then cast): blocked and unblocked float64 sums differ
+    # in their last bits, which can flip a float32 rounding; tolerances follow the dtype
+    assert xb.dtype == torch.float32
+    assert _rel(xb, xu) <= 4 * torch.finfo(xb.dtype).eps
+    np.testing.assert_allclose(ib.v, iu.v, rtol=1e-9)  # v is float64
 
 
 def test_bf16_grouped_path_runs_close_to_float32():

@@ -61,10 +61,10 @@ def test_run_name_resolves_dependent_defaults_and_changes_with_science(tmp_path)
     base = plan(tmp_path)
     assert base.config["unlearning_rate"] == 0.01 and base.config["forget_loss_scale"] == 5.0
     assert base.config["stop_acc"] == pytest.approx(0.5 + 0.5 / 6)
-    assert base.config["tasks"] == 5 and base.config["width"] == 20
-    explicit = plan(tmp_path, unlearning_rate=0.01, forget_loss_scale=5, tasks=5, width=20, model="ResNet")
+    assert base.config["tasks"] == 5 and (base.config["model"], base.config["width"]) == ("mlp", 100)
+    explicit = plan(tmp_path, unlearning_rate=0.01, forget_loss_scale=5, tasks=5, width=100, model="MLP")
     assert explicit.run == base.run
-    for change in ({"lr": 0.05}, {"algo": "rl-gem"}, {"sequence": "B4"}, {"memories": 32}, {"model": "mlp"},
+    for change in ({"lr": 0.05}, {"algo": "rl-gem"}, {"sequence": "B4"}, {"memories": 32}, {"model": "resnet18"},
                    {"learn_buffer_type": "first"}, {"salun_strength": 0.1}):
         assert plan(tmp_path, **change).run != base.run, change
     assert plan(tmp_path, algo="RL-GEM").run.startswith("a4-rl-gem-")
@@ -304,7 +304,7 @@ def test_results_layout_from_store(tmp_path):
             assert all(len(ln.split(",")) == 6 for ln in lines)
     assert (res / "seed-0" / "test_conf.csv").read_text().splitlines()[1].split(",")[1] == ""
     metrics = (res / "metrics.csv").read_text().splitlines()
-    assert metrics[0] == "seed,row,op,retain_acc,forget_acc,tow,clu_mix" and len(metrics) == 1 + 8
+    assert metrics[0] == "seed,row,op,retain_acc,forget_acc,tow,clu_mix,steps,stopped" and len(metrics) == 1 + 8
     assert metrics[1].startswith("0,0,L0,") and metrics[1].split(",")[4] == ""  # no forgotten task yet: null
     mia = (res / "mia.csv").read_text().splitlines()
     assert mia[0] == "seed,row,op,task,status,attack,members,acc,auc,cv_acc,efficacy"

@@ -21,9 +21,9 @@ from cluctl.store import Store
 
 from conftest import THESIS
 
-TINY = ["--model", "mlp", "--epochs", "1", "--memories", "32", "--learn-buffer-type", "first",
-        "--unlearn-buffer-type", "same", "--devices", "cpu", "--threads", "1"]
-TINY_KW = dict(model="mlp", epochs=1, memories=32, learn_buffer_type="first", unlearn_buffer_type="same", devices="cpu")
+TINY = ["--model", "mlp", "--epochs", "1", "--memories", "32", "--learn-buffer-type", "random",
+        "--unlearn-buffer-type", "random", "--devices", "cpu", "--threads", "1"]
+TINY_KW = dict(model="mlp", epochs=1, memories=32, learn_buffer_type="random", unlearn_buffer_type="random", devices="cpu")
 MATRICES = ("test_acc", "test_conf", "train_acc", "train_conf")
 
 
@@ -291,7 +291,7 @@ def test_mia_results_and_backfill(tmp_path, capfd):
 def test_thesis_command_runs(tmp_path):
     """The thesis's command line (ranked buffers from the cached confidence proxy, SalUn),
     shrunk by a tiny model and sequence."""
-    r = cluctl(*THESIS, "--model", "mlp", "--epochs", "1", "--memories", "32", "--sequence", "L0-2,U2",
+    r = cluctl(*THESIS, "--model", "mlp", "--epochs", "1", "--memories", "64", "--sequence", "L0-2,U2",
                "--per-device", "3", "--threads", "1", "--no-plots", "--store", str(tmp_path / "st"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     out = Path(r.stdout.strip())
