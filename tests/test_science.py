@@ -290,7 +290,8 @@ def test_unlearning_steps_match_independent_computation(learned3, algo):
     ucfg = {"algo": algo, "unlearning_rate": 0.01, "forget_loss_scale": 2.0, "unlearn_batch_size": 10,
             "unlearn_mem_strength": 0.5, "alpha": 0.3, "stop_acc": 0.0, "max_epochs": 2}
     summary, recs = _run_unlearn(st, ucfg, unlearn, learn)
-    # 2 passes of ceil(24 / 10) steps: both cycles wrap (unlearn at step 3, learn at step 3)
+    # 2 passes of ceil(24 / 10) = 3 steps: the unlearn cycle wraps inside step 2 (positions
+    # 20..29 mod 24), the learn cycle restarts at step 3 (30 mod 30 = 0)
     assert len(recs) >= 4, summary
     checked = projected = 0
     for k, r in enumerate(recs):
@@ -426,6 +427,9 @@ def _check_mask(mask, a, thr, strength):
 
 @pytest.mark.parametrize("mode", ["gradient", "update"])
 def test_salun_mask_and_its_use(learned3, mode):
+    """SalUn (SPEC §3): the mask is the top 10 % of |gradient of CE| over the WHOLE unlearn
+    buffer at the start of the request (one global threshold, recomputed here); ``gradient``
+    masks g_f before the projection, ``update`` masks the projected update instead."""
     st = _clone(learned3)
     unlearn, learn = _distinct_buffers(st)
     a, thr = _salun_expected(st, st.model, unlearn, 0.1)

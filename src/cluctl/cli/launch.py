@@ -79,7 +79,7 @@ def launch(
     dataset: Optional[str] = typer.Option(None, "--dataset", rich_help_panel=P_DATA,
                                           help="digits, cifar10, cifar100 or npz:PATH (default: digits; the thesis used cifar100)."),
     tasks: Optional[int] = typer.Option(None, "--tasks", rich_help_panel=P_DATA, help="Number of tasks N (default: the dataset's)."),
-    model: Optional[str] = typer.Option(None, "--model", rich_help_panel=P_DATA, help="resnet18 or mlp (default: resnet18)."),
+    model: Optional[str] = typer.Option(None, "--model", rich_help_panel=P_DATA, help="resnet18 or mlp (default: the dataset's model: mlp for digits, resnet18 for CIFAR and npz)."),
     width: Optional[int] = typer.Option(None, "--width", rich_help_panel=P_DATA, help="ResNet nf (default 20) or MLP hidden units (default 100)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", rich_help_panel=P_DATA,
                                             help="Where CIFAR files live (default: $CLUCTL_DATA or ~/.cache/cluctl/data)."),

@@ -67,7 +67,7 @@ def learn(
     algo: Optional[str] = typer.Option(None, "--algo", help="naive, gem or agem (default: gem)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="digits, cifar10, cifar100 or npz:PATH (default: digits)."),
     tasks: Optional[int] = typer.Option(None, "--tasks", help="Number of tasks N (default: the dataset's: digits 5, cifar100 20)."),
-    model: Optional[str] = typer.Option(None, "--model", help="resnet18 or mlp (default: resnet18)."),
+    model: Optional[str] = typer.Option(None, "--model", help="resnet18 or mlp (default: the dataset's model: mlp for digits, resnet18 for CIFAR and npz)."),
     width: Optional[int] = typer.Option(None, "--width", help="ResNet nf (default 20) or MLP hidden units (default 100)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Run seed: class order, initial weights, every op's randomness (default: 0)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: 0.1)."),
@@ -148,6 +148,8 @@ def unlearn(
     quiet: bool = QuietOpt,
 ):
     """Forget one learned task; prints the new checkpoint id.
+
+    Options given explicitly earlier in the lineage are kept unless given again; the rule defaults (unlearning rate, forget-loss scale, stop accuracy) follow this operation's algorithm. A request whose weights blow up (norm beyond 100x its start, or not finite) fails with exit 1 and writes nothing.
 
     Example: cluctl unlearn --task 4 --from tags/learned-all --algo rl-gem
     """

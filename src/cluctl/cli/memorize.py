@@ -75,7 +75,7 @@ def estimate_cmd(
     model: str = typer.Option(
         "mlp", "--model",
         help="mlp or resnet18. mlp by default: each of the K models must fit (near 100 % training accuracy) "
-        "its subset, quickly. For the confidence proxy that launch caches, use the run's model (resnet18).",
+        "its subset, quickly. For the confidence proxy that launch caches, use the run's model (the dataset's default: mlp for digits, resnet18 for CIFAR).",
     ),
     width: Optional[int] = typer.Option(None, "--width", help="MLP hidden size (default 100) or ResNet base width (default 20)."),
     lr: float = typer.Option(0.05, "--lr", help="SGD learning rate."),
