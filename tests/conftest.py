@@ -56,7 +56,7 @@ def store_dir(tmp_path):
 
 def clone_state(st):
     """An independent copy of an engine State (model, learned/forgotten/history, buffers,
-    config, execution), so one module-scoped learned state serves many tests."""
+    config, given options, execution), so one module-scoped learned state serves many tests."""
     import copy
 
     new = copy.copy(st)
@@ -65,6 +65,8 @@ def clone_state(st):
     new.buffers = {k: dict(v) for k, v in st.buffers.items()}
     new.config = dict(st.config)
     new.execution = dict(st.execution)
+    new.given = dict(st.given)
+    new.op_config = None if st.op_config is None else dict(st.op_config)
     return new
 
 

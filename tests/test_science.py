@@ -9,10 +9,10 @@ the buffers it writes and the weights before/after each learning step (read thro
 forward pre-hook on the model, which fires at the current batch's forward pass, before
 the step's update).
 
-Unlike the tiny profile of the other tests (``first``/``same`` buffers, where the learn
-and unlearn buffers coincide), the forget task's learn and unlearn buffers here are
-DISTINCT, of different sizes and partly overlapping, so that "the unlearn buffer only",
-"the learn buffer only" and "the union" give different answers.
+The forget task's learn and unlearn buffers here are set by hand: DISTINCT, of different
+sizes and partly overlapping, so that "the unlearn buffer only", "the learn buffer only"
+and "the union" give different answers (with ``first``/``same`` buffers they coincide and
+such mistakes go unseen).
 
 The model is the MLP (no BatchNorm, no dropout): train and eval mode agree and the
 reference-gradient passes change nothing but ``.grad``, so the weights seen by a step hook
