@@ -21,9 +21,9 @@ def _per_op(folder: Path, summary: dict, reference: str = "prefix", **kw):
     mfile = folder / "metrics.csv"
     if reference == "retrain" or (reference == "prefix" and summary.get("reference") == "retrain"):
         # retrain: oracles from the store; prefix on a folder written with retrain: recomputed
-        from .. import api
+        from ..launch.reference import run_metrics
 
-        res = api.run_metrics(folder, reference=reference, **kw)
+        res = run_metrics(folder, reference=reference, **kw)
         df = pd.DataFrame(res["rows"])
         for c in COLS:
             df[c] = pd.to_numeric(df[c], errors="coerce")

@@ -28,13 +28,14 @@ from .options import (
     scientific_config,
 )
 from ..store.core import no_new_store_on_error
+from .reference import retrain_references, run_metrics
 from .results import write_results
 from .worker import compute_mia, run_seed
 
 __all__ = [
     "LaunchOutcome", "Plan", "THESIS_ALIASES", "aggregate", "compute_mia", "config_hash", "execute", "launch",
-    "load_toml", "make_plan", "merge", "plan", "register_run", "run_name", "run_seed", "scientific_config",
-    "write_results",
+    "load_toml", "make_plan", "merge", "plan", "register_run", "retrain_references", "run_metrics", "run_name",
+    "run_seed", "scientific_config", "write_results",
 ]
 
 

@@ -122,4 +122,62 @@ def retrain_references(store, run: str, seed: int, ops: list[str], n_tasks: int,
     return refs, len(trained)
 
 
-__all__ = ["oracle_tasks", "retrain_references", "retrain_ref"]
+def run_metrics(results, reference: str = "prefix", store=None, device: str | None = None,
+                data_root: str | None = None, download: bool = False, impl: str = "fast",
+                threads: int | None = None, progress=None) -> dict:
+    """Per-seed, per-operation metrics of a launch's results folder (SPEC §7), with CL-ToW
+    against the prefix reference (``reference="prefix"``) or a model retrained on the
+    retained tasks (``"retrain"``: oracles are trained in, and cached by, the run's store).
+    Returns ``{"run", "reference", "retrain_ops_trained", "rows": [{"seed", "row", "op",
+    "retain_acc", "forget_acc", "tow", "clu_mix"}, ...]}``."""
+    import json as _json
+    import math as _math
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ..api import open_store
+    from ..errors import UsageError
+    from ..metrics import per_op_table
+
+    if reference not in ("prefix", "retrain"):
+        raise UsageError(f"--reference '{reference}' is not valid", "choose prefix or retrain")
+    folder = Path(results)
+    try:
+        summary = _json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"{folder} is not a launch results folder (no readable summary.json)",
+                         "pass the folder `cluctl launch` wrote, e.g. results/<run>/") from None
+    k = int(summary.get("k") or 2)
+    n_tasks = int(summary.get("n_tasks") or 0)
+    st = open_store(store) if reference == "retrain" else None
+    execution = {"device": device, "data_root": data_root, "download": download, "threads": threads, "impl": impl}
+    rows, trained = [], 0
+    for sd in sorted(folder.glob("seed-*"), key=lambda p: int(p.name.split("-", 1)[1]) if p.name[5:].isdigit() else -1):
+        if not sd.name[5:].isdigit():
+            continue
+        seed = int(sd.name[5:])
+        test = pd.read_csv(sd / "test_acc.csv")
+        train = pd.read_csv(sd / "train_acc.csv")
+        te, tr = test.drop(columns="op").to_numpy(dtype=float), train.drop(columns="op").to_numpy(dtype=float)
+        done = int((~pd.isna(te).all(axis=1)).sum())  # a diverged seed: rows up to its failure
+        ops = [str(o) for o in test["op"].tolist()][:done]
+        if not ops:
+            continue
+        te, tr = te[:done], tr[:done]
+        ref = None
+        if reference == "retrain":
+            ref, n = retrain_references(st, summary["run"], seed, ops, n_tasks or te.shape[1], tr, te, execution,
+                                        progress=progress)
+            trained += n
+        table = per_op_table(ops, te, tr, k, reference=ref)
+        for i, r in table.iterrows():
+            rows.append({"seed": seed, "row": int(i), "op": r["op"],
+                         **{c: (None if _math.isnan(r[c]) else float(r[c]))
+                            for c in ("retain_acc", "forget_acc", "tow", "clu_mix")}})
+    if not rows:
+        raise UsageError(f"{folder} has no seed-*/ tables", "is it a launch results folder?")
+    return {"run": summary.get("run"), "reference": reference, "retrain_ops_trained": trained, "rows": rows}
+
+
+__all__ = ["oracle_tasks", "retrain_references", "retrain_ref", "run_metrics"]
