@@ -131,7 +131,7 @@ class Bench:
     def __init__(self, args, dataset: str):
         import torch
 
-        from cluctl import config as C
+        from cluctl import resolve as R
         from cluctl.engine import new_state, run_config
 
         cfg = run_config(dataset=dataset, tasks=args.n_tasks, model=args.model, width=args.width, seed=0,
@@ -140,7 +140,7 @@ class Bench:
         self.state = new_state(cfg, device=args.device, threads=args.threads)
         self.args = args
         self.device = self.state.device
-        self.ucfg = C.validate_unlearn(dict(self.state.config, algo="neggem"), classes_per_task=self.state.k)
+        self.ucfg = R.validate_unlearn(dict(self.state.config, algo="neggem"), classes_per_task=self.state.k)
         self.snapshot = {k: v.detach().clone() for k, v in self.state.model.state_dict().items()}
         self.gen = torch.Generator().manual_seed(0)
         self._task_rows = {}

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from cluctl import api
-from cluctl.config import UNLEARN_ALGOS
+from cluctl.unlearning import names as unlearn_names
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--algos", nargs="+", default=list(UNLEARN_ALGOS))
+    ap.add_argument("--algos", nargs="+", default=list(unlearn_names()))
     ap.add_argument("--model", default="mlp")
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)

@@ -8,7 +8,7 @@ by default, which is ~1e-3 relative, far above the 1e-5 the paths must agree to)
 
 from __future__ import annotations
 
-
+import dataclasses
 import pytest
 import torch
 from conftest import clone_state
@@ -95,11 +95,11 @@ def test_steps_equal_classic_on_cuda(learned3_cuda, algo, exact_float32, monkeyp
 
     st = clone_state(learned3_cuda)
     if algo == "gem":
-        monkeypatch.setitem(LEARN, "gem", LearnAlgorithm("gem", twin(LEARN["gem"].direction)))
+        monkeypatch.setitem(LEARN, "gem", dataclasses.replace(LEARN["gem"], direction=twin(LEARN["gem"].direction)))
         learn_task(st, 3, impl="fast")
     else:
         orig = UNLEARN[algo]
-        monkeypatch.setitem(UNLEARN, algo, UnlearnAlgorithm(algo, orig.forget, twin(orig.combine)))
+        monkeypatch.setitem(UNLEARN, algo, dataclasses.replace(orig, combine=twin(orig.combine)))
         unlearn_task(st, 2, {"algo": algo, "max_epochs": 2}, impl="fast")
     assert steps
     assert all(s[2] for s in steps)
@@ -232,7 +232,7 @@ def test_engine_steps_replay_graphs_that_match_eager(learned3_cuda, exact_float3
         errs.append(_rows_rel(G, grads.ref_grads_grouped(refs.model, refs.batches)))
         return orig(g, refs, cfg)
 
-    monkeypatch.setitem(LEARN, "gem", LearnAlgorithm("gem", twin))
+    monkeypatch.setitem(LEARN, "gem", dataclasses.replace(LEARN["gem"], direction=twin))
     st = clone_state(learned3_cuda)
     stats = dict(grads.GRAPH_STATS)
     s = learn_task(st, 3, impl="fast")

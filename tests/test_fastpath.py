@@ -16,7 +16,7 @@ classic to the bit on CPU); the default kernels are checked per step with a medi
 
 from __future__ import annotations
 
-
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -27,16 +27,17 @@ import cluctl.grads as grads
 from cluctl.engine import evaluate_state, learn_task, new_state, run_config, unlearn_task
 from cluctl.errors import UsageError
 from cluctl.grads import TaskBatch, forward_precision, ref_grads_classic, ref_grads_fast, ref_grads_vmap
-from cluctl.learning import REGISTRY as LEARN, LearnAlgorithm, RefContext
+from cluctl.learning import REGISTRY as LEARN, RefContext
 from cluctl.models import build_model
-from cluctl.unlearning import REGISTRY as UNLEARN, UnlearnAlgorithm
+from cluctl.unlearning import REGISTRY as UNLEARN
+from cluctl.unlearning import names as unlearn_names
 
 TOL = 1e-5
 PROFILES = {
     "resnet": {"model": "resnet18", "width": 4},
     "mlp": {"model": "mlp", "width": 32},
 }
-UNLEARN_ALGOS = ["neggem", "negagem", "rl-gem", "rl-agem", "alt-neggem", "neggrad"]
+UNLEARN_ALGOS = list(unlearn_names())  # every registered unlearning algorithm
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -97,7 +98,7 @@ class _Twin:
 
 def _learn_twin(st, monkeypatch):
     twin = _Twin(LEARN["gem"].direction)
-    monkeypatch.setitem(LEARN, "gem", LearnAlgorithm("gem", twin))
+    monkeypatch.setitem(LEARN, "gem", dataclasses.replace(LEARN["gem"], direction=twin))
     learn_task(st, 3, impl="fast")
     return twin.steps
 
@@ -105,7 +106,7 @@ def _learn_twin(st, monkeypatch):
 def _unlearn_twin(st, algo, monkeypatch):
     orig = UNLEARN[algo]
     twin = _Twin(orig.combine)
-    monkeypatch.setitem(UNLEARN, algo, UnlearnAlgorithm(algo, orig.forget, twin))
+    monkeypatch.setitem(UNLEARN, algo, dataclasses.replace(orig, combine=twin))
     unlearn_task(st, 2, {"algo": algo, "max_epochs": 2}, impl="fast")
     return twin.steps
 

@@ -11,6 +11,7 @@ import torch
 
 from cluctl import api
 from cluctl import config as C
+from cluctl import resolve as R
 from cluctl.engine import DIVERGENCE_FACTOR, learn_task, new_state, run_config, unlearn_task
 from cluctl.errors import Diverged
 from cluctl.store import Store, load_checkpoint, read_checkpoint_meta
@@ -68,11 +69,11 @@ def test_rule_defaults_are_resolved_per_operation_from_the_cli(learned4):
 def test_checkpoints_of_an_older_cluctl_take_rule_values_as_defaults():
     cfg = {**C.LEARN_DEFAULTS, **C.UNLEARN_DEFAULTS, "dataset": "digits", "model": "mlp", "width": 32, "seed": 0,
            "tasks": 5, "algo": "neggem", "unlearning_rate": 0.01, "forget_loss_scale": 5.0, "stop_acc": 7 / 12}
-    given = C.given_from_resolved(cfg, 2)
+    given = R.given_from_resolved(cfg, 2)
     assert not {"unlearning_rate", "forget_loss_scale", "stop_acc"} & set(given)
     cfg["unlearning_rate"] = 0.05  # not the rule's value: it was given
-    assert C.given_from_resolved(cfg, 2)["unlearning_rate"] == 0.05
-    assert C.resolve_unlearn(cfg, {"algo": "rl-gem"}, 2)["unlearning_rate"] == 0.03
+    assert R.given_from_resolved(cfg, 2)["unlearning_rate"] == 0.05
+    assert R.resolve_unlearn(cfg, {"algo": "rl-gem"}, 2)["unlearning_rate"] == 0.03
 
 
 # ------------------------------------------------------------------ divergence

@@ -35,6 +35,7 @@ from .engine import (
     unlearn_task,
 )
 from .errors import UsageError
+from .resolve import validate_unlearn
 from .store.core import no_new_store_on_error
 
 RUN_KEYS = ("dataset", "tasks", "model", "width", "seed")
@@ -133,7 +134,7 @@ def unlearn(task: int, from_ref: str, store=None, device: str | None = None, dat
     # validate options before any work (and before touching the store)
     probe = dict(C.UNLEARN_DEFAULTS)
     probe.update(opts)
-    C.validate_unlearn(probe)
+    validate_unlearn(probe)
     state = load_state(st, from_ref, device=device, data_root=data_root, download=download, threads=threads)
     summary = unlearn_task(state, task, opts, progress=progress, impl=impl, step_hook=step_hook,
                            precision=precision)

@@ -1,4 +1,5 @@
-"""Options: defaults, validation and the resolved config stored with every checkpoint.
+"""Options: defaults and value checks (the algorithm-aware part, names and rule defaults,
+is :mod:`cluctl.resolve`, on top of the algorithm registries).
 
 One name per option across all commands (SPEC §8). Some defaults depend on other options
 (the unlearning rate and forget-loss scale on the algorithm, the stop accuracy on the
@@ -15,8 +16,6 @@ from typing import Any
 
 from .errors import UsageError
 
-LEARN_ALGOS = ("naive", "gem", "agem")
-UNLEARN_ALGOS = ("neggem", "negagem", "rl-gem", "rl-agem", "alt-neggem", "neggrad")
 LEARN_BUFFER_TYPES = ("first", "random", "most", "least")
 UNLEARN_BUFFER_TYPES = ("same", "random", "most", "least")
 SALUN_MODES = ("gradient", "update")
@@ -68,31 +67,6 @@ DERIVED_UNLEARN_KEYS = ("unlearning_rate", "forget_loss_scale", "stop_acc")
 # Options that can be given (and so recorded as given): run, learning and unlearning.
 OPTION_KEYS = ("dataset", "tasks", "model", "width", "seed") + tuple(LEARN_DEFAULTS) + tuple(UNLEARN_DEFAULTS)
 
-_ALGO_ALIASES = {
-    "neggem": "neggem", "negagem": "negagem", "rl-gem": "rl-gem", "rlgem": "rl-gem",
-    "rl_gem": "rl-gem", "rl-agem": "rl-agem", "rlagem": "rl-agem", "rl_agem": "rl-agem",
-    "alt-neggem": "alt-neggem", "altneggem": "alt-neggem", "alt_neggem": "alt-neggem",
-    "neggrad": "neggrad", "neggrad+": "neggrad", "neggradplus": "neggrad",
-}
-
-
-def canonical_unlearn_algo(name: str) -> str:
-    key = str(name).strip().lower()
-    if key in _ALGO_ALIASES:
-        return _ALGO_ALIASES[key]
-    raise UsageError(
-        f"unknown unlearning algorithm '{name}'",
-        f"choose one of: {', '.join(UNLEARN_ALGOS)} (case-insensitive)",
-    )
-
-
-def canonical_learn_algo(name: str) -> str:
-    key = str(name).strip().lower()
-    if key in LEARN_ALGOS:
-        return key
-    raise UsageError(f"unknown learning algorithm '{name}'", f"choose one of: {', '.join(LEARN_ALGOS)}")
-
-
 def _choice(value: str, valid: tuple[str, ...], flag: str) -> str:
     v = str(value).strip().lower()
     if v not in valid:
@@ -129,9 +103,10 @@ def _float_in(value: Any, flag: str, lo: float, hi: float, lo_open=False, hi_ope
     return fv
 
 
-def validate_learn(cfg: dict) -> dict:
+def check_learn(cfg: dict) -> dict:
+    """The learning options' values (the algorithm's name is checked by its registry:
+    :func:`cluctl.resolve.validate_learn`)."""
     cfg = dict(cfg)
-    cfg["learn_algo"] = canonical_learn_algo(cfg["learn_algo"])
     cfg["lr"] = _float_in(cfg["lr"], "--lr", 0.0, math.inf, lo_open=True)
     cfg["batch_size"] = _positive_int(cfg["batch_size"], "--batch-size")
     cfg["epochs"] = _positive_int(cfg["epochs"], "--epochs")
@@ -146,61 +121,15 @@ def validate_learn(cfg: dict) -> dict:
     return cfg
 
 
-def unlearn_rule_defaults(algo: str, classes_per_task: int | None = None) -> dict:
-    """The rule defaults of SPEC §8 for ``algo``: unlearning rate 0.01 (0.03 for rl-*),
-    forget-loss scale 5 for neggem/rl-gem/rl-agem (1 otherwise), stop accuracy
-    chance + (1 - chance)/6 (None without the number of classes)."""
-    algo = canonical_unlearn_algo(algo)
-    out = {"unlearning_rate": 0.03 if algo.startswith("rl-") else 0.01,
-           "forget_loss_scale": 5.0 if algo in ("neggem", "rl-gem", "rl-agem") else 1.0,
-           "stop_acc": None}
-    if classes_per_task:
-        chance = 1.0 / classes_per_task
-        out["stop_acc"] = chance + (1.0 - chance) / 6.0
-    return out
-
-
-def resolve_unlearn(base: dict, given: dict, classes_per_task: int | None) -> dict:
-    """The unlearning options one operation uses: ``base`` (the state's other options),
-    every unlearning option from ``given`` or its static default, and the rule defaults
-    resolved for this operation's algorithm and classes. Validated."""
-    cfg = dict(base)
-    for k, v in UNLEARN_DEFAULTS.items():
-        cfg[k] = given[k] if given.get(k) is not None else v
-    return validate_unlearn(cfg, classes_per_task=classes_per_task)
-
-
-def given_from_resolved(config: dict, classes_per_task: int | None) -> dict:
-    """For checkpoints written before ``given`` was recorded: every option except those
-    whose value equals the rule default for the recorded algorithm (those are taken as
-    defaults, and resolved afresh from now on)."""
-    given = {k: config[k] for k in OPTION_KEYS if config.get(k) is not None}
-    try:
-        rules = unlearn_rule_defaults(config.get("algo") or "neggem", classes_per_task)
-    except UsageError:
-        return given
-    for k in DERIVED_UNLEARN_KEYS:
-        if k in given and rules.get(k) is not None and abs(float(given[k]) - rules[k]) < 1e-12:
-            del given[k]
-    return given
-
-
-def validate_unlearn(cfg: dict, classes_per_task: int | None = None) -> dict:
+def check_unlearn(cfg: dict) -> dict:
+    """The unlearning options' values, once the algorithm's name is canonical and its rule
+    defaults are filled in (:func:`cluctl.resolve.validate_unlearn`)."""
     cfg = dict(cfg)
-    algo = canonical_unlearn_algo(cfg["algo"])
-    cfg["algo"] = algo
-    rules = unlearn_rule_defaults(algo, classes_per_task)
-    if cfg.get("unlearning_rate") is None:
-        cfg["unlearning_rate"] = rules["unlearning_rate"]
     cfg["unlearning_rate"] = _float_in(cfg["unlearning_rate"], "--unlearning-rate", 0.0, math.inf, lo_open=True)
     cfg["unlearn_batch_size"] = _positive_int(cfg["unlearn_batch_size"], "--unlearn-batch-size")
     cfg["unlearn_mem_strength"] = _float_in(cfg["unlearn_mem_strength"], "--unlearn-mem-strength", 0.0, math.inf)
     cfg["alpha"] = _float_in(cfg["alpha"], "--alpha", 0.0, 1.0)
-    if cfg.get("forget_loss_scale") is None:
-        cfg["forget_loss_scale"] = rules["forget_loss_scale"]
     cfg["forget_loss_scale"] = _float_in(cfg["forget_loss_scale"], "--forget-loss-scale", 0.0, math.inf, lo_open=True)
-    if cfg.get("stop_acc") is None and classes_per_task:
-        cfg["stop_acc"] = rules["stop_acc"]
     if cfg.get("stop_acc") is not None:
         cfg["stop_acc"] = _float_in(cfg["stop_acc"], "--stop-acc", 0.0, 1.0)
     cfg["max_epochs"] = _positive_int(cfg["max_epochs"], "--max-epochs")

@@ -22,6 +22,7 @@ import torch
 
 from . import config as C
 from . import faults
+from . import resolve as R
 from .buffers.selection import buffer_size, select_random, select_ranked
 from .data import Dataset, class_order, load_dataset, task_classes, task_indices
 from .errors import CluctlError, Diverged, NotFound, UsageError
@@ -36,11 +37,11 @@ from .grads import (
     reference_mode,
     release_graphs,
 )
-from .learning import RefContext
+from .refs import RefContext
 from .learning import get as get_learn_algo
 from .models import build_model
+from .unlearning import SalUn
 from .unlearning import get as get_unlearn_algo
-from .unlearning import random_labels, salun_mask
 
 FORMAT = 1
 ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
@@ -240,10 +241,10 @@ def new_state(cfg: dict, device: str | None = None, data_root: str | None = None
     cfg["dataset"] = ds.name
     if cfg.get("model") is None:
         cfg["model"] = ds.default_model
-    cfg = C.validate_learn(cfg)
+    cfg = R.validate_learn(cfg)
     # unlearning options: given or their static default; rule defaults are resolved per
     # operation (validated here, so a bad value fails before anything is written)
-    probe = C.resolve_unlearn(cfg, given, ds.num_classes // n_tasks)
+    probe = R.resolve_unlearn(cfg, given, ds.num_classes // n_tasks)
     for k in C.UNLEARN_DEFAULTS:
         cfg[k] = probe[k] if given.get(k) is not None else C.UNLEARN_DEFAULTS[k]
     dev = resolve_device(device)
@@ -451,7 +452,7 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
     if unknown:
         raise UsageError(f"unknown unlearning option(s): {', '.join(sorted(unknown))}")
     given = {**{k: v for k, v in state.given.items() if k in C.UNLEARN_DEFAULTS}, **now}
-    cfg = C.resolve_unlearn(state.config, given, state.k)
+    cfg = R.resolve_unlearn(state.config, given, state.k)
     algo = get_unlearn_algo(cfg["algo"])
     t0 = time.perf_counter()
     gen = op_generator(cfg["seed"], len(state.history))
@@ -479,11 +480,8 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
         s = cfg["forget_loss_scale"]
         k = state.k
         max_steps = cfg["max_epochs"] * math.ceil(len(u_idx) / b)
-        mask = None
-        if cfg.get("salun_strength"):
-            g_sal, _ = batch_grad(model, lambda m_: masked_ce(m_(u_batch.x), u_batch.y, u_batch.classes),
-                                  update_bn=False)
-            mask = salun_mask(g_sal.abs(), cfg["salun_strength"])
+        salun = SalUn.start(model, u_batch, cfg)  # None unless --salun-strength
+        mask = salun.mask if salun is not None else None
         pu = pl = 0
         stopped = "max-epochs"
         guard = _DivergenceGuard(state, params)
@@ -508,21 +506,21 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
             iu, il = iu.to(state.device), il.to(state.device)
             fx = torch.cat([u_batch.x[iu], l_batch.x[il]])
             fy = torch.cat([u_batch.y[iu], l_batch.y[il]])
-            if algo.forget == "rl":
-                fy = random_labels(fy, k, gen)
-                loss_fn = lambda m_: s * masked_ce(m_(fx), fy, u_batch.classes)  # noqa: E731
-            else:
-                loss_fn = lambda m_: -(s * masked_ce(m_(fx), fy, u_batch.classes))  # noqa: E731
+            forget = algo.forget_loss(fx, fy, u_batch.classes, k, s, gen)  # the algorithm's loss
             # the retained tasks' passes first, then the forget batch (SPEC §2 order)
             refs = RefContext(model, ref_batches, impl, gen)
-            if ref_batches:
+            if ref_batches and algo.uses_refs:
                 refs.G  # noqa: B018 - computed and cached
-            g_f, _ = batch_grad(model, loss_fn)
-            if mask is not None and cfg["salun_on"] == "gradient":
-                g_f = g_f * mask
+            if forget is None:  # no forget term
+                g_f = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=params[0].dtype)
+            else:
+                loss_fn, fy = forget
+                g_f, _ = batch_grad(model, loss_fn)
+            if salun is not None:
+                g_f = salun.on_gradient(g_f)
             x, info = algo.combine(g_f, refs, cfg)
-            if mask is not None and cfg["salun_on"] == "update":
-                x = x * mask
+            if salun is not None:
+                x = salun.on_update(x)
             if info is not None:
                 projections += int(info.projected)
                 fallbacks += int(info.fallback)
@@ -690,7 +688,7 @@ def load_state(store, ref: str, overrides: dict | None = None, device: str | Non
         n_t = meta.get("n_tasks")
         classes = len(meta.get("class_order") or [])
         k_classes = classes // int(n_t) if n_t and classes else None
-        given = C.given_from_resolved(stored, k_classes)
+        given = R.given_from_resolved(stored, k_classes)
     given = dict(given)
     for key, val in (overrides or {}).items():
         if val is None:
@@ -716,9 +714,9 @@ def load_state(store, ref: str, overrides: dict | None = None, device: str | Non
             f"(fingerprint {meta['dataset_fingerprint'][:12]}, loaded data {ds.fingerprint[:12]})",
             "point --data-root at the data it was trained on",
         )
-    cfg = C.validate_learn(cfg)
+    cfg = R.validate_learn(cfg)
     n_tasks = int(meta["n_tasks"])
-    probe = C.resolve_unlearn(cfg, given, ds.num_classes // n_tasks)  # a bad override fails here
+    probe = R.resolve_unlearn(cfg, given, ds.num_classes // n_tasks)  # a bad override fails here
     for k in C.UNLEARN_DEFAULTS:
         if given.get(k) is not None:
             cfg[k] = given[k] = probe[k]

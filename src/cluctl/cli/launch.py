@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from .common import err
+from .. import unlearning
+from .common import LEARN_CHOICES, UNLEARN_CHOICES, err
 
 P_RUN = "Sequence, seeds, run"
 P_LEARN = "Learning"
@@ -35,7 +36,7 @@ def launch(
     config: Optional[str] = typer.Option(None, "--config", rich_help_panel=P_RUN,
                                          help="TOML file of options (keys = option names, dashes or underscores); flags override it."),
     # --- learning
-    learn_algo: Optional[str] = typer.Option(None, "--learn-algo", rich_help_panel=P_LEARN, help="naive, gem or agem (default: gem)."),
+    learn_algo: Optional[str] = typer.Option(None, "--learn-algo", rich_help_panel=P_LEARN, help=f"{LEARN_CHOICES} (default: gem)."),
     lr: Optional[float] = typer.Option(None, "--lr", rich_help_panel=P_LEARN, help="Learning rate (default: 0.1)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "--learn_batch_size", rich_help_panel=P_LEARN,
                                              help="Batch size (default: 10)."),
@@ -47,16 +48,16 @@ def launch(
                                               help="A-GEM: reference from one random batch of M pooled memories."),
     # --- unlearning
     algo: Optional[str] = typer.Option(None, "--algo", "--algorithm", rich_help_panel=P_UNLEARN,
-                                       help="neggem, negagem, rl-gem, rl-agem, alt-neggem or neggrad (default: neggem)."),
+                                       help=f"{UNLEARN_CHOICES} (default: neggem)."),
     unlearning_rate: Optional[float] = typer.Option(None, "--unlearning-rate", rich_help_panel=P_UNLEARN,
-                                                    help="SGD rate (default: 0.01; 0.03 for rl-*)."),
+                                                    help=f"SGD rate (default: {unlearning.rule_help('unlearning_rate')})."),
     unlearn_batch_size: Optional[int] = typer.Option(None, "--unlearn-batch-size", "--unlearn_batch_size", rich_help_panel=P_UNLEARN,
                                                      help="b samples from each forget buffer per step (default: 10)."),
     unlearn_mem_strength: Optional[float] = typer.Option(None, "--unlearn-mem-strength", "--unlearn_mem_strength",
                                                          rich_help_panel=P_UNLEARN, help="GEM margin while unlearning (default: 0.5)."),
     alpha: Optional[float] = typer.Option(None, "--alpha", rich_help_panel=P_UNLEARN, help="NegGrad+ weight of the retained tasks (default: 0.5)."),
     forget_loss_scale: Optional[float] = typer.Option(None, "--forget-loss-scale", rich_help_panel=P_UNLEARN,
-                                                      help="s (default: 5 for neggem, rl-gem, rl-agem; 1 otherwise)."),
+                                                      help=f"s (default: {unlearning.rule_help('forget_loss_scale')})."),
     stop_acc: Optional[float] = typer.Option(None, "--stop-acc", rich_help_panel=P_UNLEARN,
                                              help="Stop at this forget-buffer accuracy (default: chance + (1-chance)/6)."),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", rich_help_panel=P_UNLEARN, help="Maximum passes (default: 48)."),

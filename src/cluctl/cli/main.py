@@ -16,13 +16,15 @@ from typer.exceptions import Abort as _Abort
 from typer.exceptions import Exit as _Exit
 from typer.exceptions import TyperException
 
-from .. import __version__
+from .. import __version__, unlearning
 from ..errors import CluctlError
 from .common import (
     DataRootOpt,
     DeviceOpt,
     DownloadOpt,
     ImplOpt,
+    LEARN_CHOICES,
+    UNLEARN_CHOICES,
     PrecisionOpt,
     QuietOpt,
     StoreOpt,
@@ -64,7 +66,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def learn(
     task: int = typer.Option(..., "--task", "-t", help="Task to learn (0..N-1)."),
     from_ref: Optional[str] = typer.Option(None, "--from", help="Continue this checkpoint (ref, id or 8+ hex prefix)."),
-    algo: Optional[str] = typer.Option(None, "--algo", help="naive, gem or agem (default: gem)."),
+    algo: Optional[str] = typer.Option(None, "--algo", help=f"{LEARN_CHOICES} (default: gem)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="digits, cifar10, cifar100 or npz:PATH (default: digits)."),
     tasks: Optional[int] = typer.Option(None, "--tasks", help="Number of tasks N (default: the dataset's: digits 5, cifar100 20)."),
     model: Optional[str] = typer.Option(None, "--model", help="resnet18 or mlp (default: the dataset's model: mlp for digits, resnet18 for CIFAR and npz)."),
@@ -127,12 +129,12 @@ def learn(
 def unlearn(
     task: int = typer.Option(..., "--task", "-t", help="Task to forget (must be learned)."),
     from_ref: str = typer.Option(..., "--from", help="Checkpoint to start from (ref, id or 8+ hex prefix)."),
-    algo: str = typer.Option("neggem", "--algo", help="neggem, negagem, rl-gem, rl-agem, alt-neggem or neggrad (case-insensitive)."),
-    unlearning_rate: Optional[float] = typer.Option(None, "--unlearning-rate", help="SGD rate (default: 0.01; 0.03 for rl-*)."),
+    algo: str = typer.Option("neggem", "--algo", help=f"{UNLEARN_CHOICES} (case-insensitive; thesis spellings work)."),
+    unlearning_rate: Optional[float] = typer.Option(None, "--unlearning-rate", help=f"SGD rate (default: {unlearning.rule_help('unlearning_rate')})."),
     unlearn_batch_size: Optional[int] = typer.Option(None, "--unlearn-batch-size", help="b samples from each forget buffer per step (default: 10)."),
     unlearn_mem_strength: Optional[float] = typer.Option(None, "--unlearn-mem-strength", help="GEM margin while unlearning (default: 0.5)."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="NegGrad+ weight of the retained tasks, in [0, 1] (default: 0.5)."),
-    forget_loss_scale: Optional[float] = typer.Option(None, "--forget-loss-scale", help="s (default: 5 for neggem, rl-gem, rl-agem; 1 otherwise)."),
+    forget_loss_scale: Optional[float] = typer.Option(None, "--forget-loss-scale", help=f"s (default: {unlearning.rule_help('forget_loss_scale')})."),
     stop_acc: Optional[float] = typer.Option(None, "--stop-acc", help="Stop when the forget buffers' accuracy is at most this (default: chance + (1-chance)/6)."),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Maximum passes over the unlearn buffer (default: 48)."),
     salun_strength: Optional[float] = typer.Option(None, "--salun-strength", help="SalUn: keep this fraction (0, 1] of weights by saliency (default: off)."),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config as C
+from .. import resolve as R
 from ..errors import NotFound, UsageError
 
 FORMAT = 1
@@ -296,8 +297,8 @@ def scientific_config(values: dict[str, Any], data_root: str | None = None, down
         cfg["model"] = default_model(name)
     cfg["model"] = canonical_kind(cfg["model"])
     cfg["width"] = DEFAULT_WIDTHS[cfg["model"]] if cfg.get("width") is None else _int(cfg["width"], "width", 1)
-    cfg = C.validate_learn(cfg)
-    cfg = C.validate_unlearn(cfg, classes_per_task=classes // tasks)
+    cfg = R.validate_learn(cfg)
+    cfg = R.validate_unlearn(cfg, classes_per_task=classes // tasks)
     if cfg.get("mem_scores") is not None:
         cfg["mem_scores"] = str(cfg["mem_scores"])
     return {k: cfg[k] for k in SCIENTIFIC_KEYS}
@@ -365,7 +366,7 @@ def stored_given(obj: dict) -> dict[str, Any]:
     if isinstance(obj.get("given"), dict):
         return dict(obj["given"])
     config = obj.get("config") or {}
-    return {k: v for k, v in C.given_from_resolved(config, obj.get("k")).items() if k in SCIENTIFIC_KEYS}
+    return {k: v for k, v in R.given_from_resolved(config, obj.get("k")).items() if k in SCIENTIFIC_KEYS}
 
 
 def apply_thesis_toggles(values: dict[str, Any]) -> dict[str, Any]:

@@ -2,11 +2,12 @@
 the gradient of one random batch of M samples pooled from all retained learn buffers (the
 A-GEM paper); if <g, g_ref> < 0, g <- g - (<g, g_ref>/<g_ref, g_ref>) g_ref."""
 
-from ..projection import agem_project
 from .base import LearnAlgorithm, register
 
 
 def direction(g, refs, cfg):
+    from ..projection import agem_project
+
     if not refs.batches:
         return g, None
     m = cfg.get("agem_sample")
@@ -22,4 +23,5 @@ def prepare(refs, cfg):
         refs.G  # noqa: B018 - computed and cached
 
 
-register(LearnAlgorithm("agem", direction, prepare=prepare))
+register(LearnAlgorithm("agem", direction, prepare=prepare, order=30,
+                        help="A-GEM: project onto the mean reference gradient when it conflicts."))

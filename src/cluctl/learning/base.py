@@ -1,60 +1,18 @@
+"""The learning registry: an algorithm is one module of this package that registers a
+:class:`LearnAlgorithm` (name, aliases, help line, its direction and what it computes
+before the current batch). Module-level imports stay light (no torch): the CLI derives its
+choices and help from the registry without loading torch; the math is imported where it
+runs."""
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
-from ..config import LEARN_ALGOS
 from ..errors import UsageError
-from ..grads import TaskBatch, batch_grad, masked_ce, ref_grads
 
-
-@dataclass
-class RefContext:
-    """Reference gradients of the retained tasks at the current weights, computed lazily
-    (naive never pays for them) and at most once per step."""
-
-    model: torch.nn.Module
-    batches: list[TaskBatch]
-    impl: str
-    gen: torch.Generator
-    _G: torch.Tensor | None = field(default=None, repr=False)
-    _pooled: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def G(self) -> torch.Tensor:
-        if self._G is None:
-            self._G = ref_grads(self.model, self.batches, self.impl)
-        return self._G
-
-    def pooled_grad(self, m: int) -> torch.Tensor:
-        """A-GEM paper variant: gradient of one random batch of m samples pooled from all
-        retained learn buffers (each sample keeps its own task's logit mask). Computed once
-        per step (a train-mode pass of the step: it updates BatchNorm's running statistics)."""
-        if m in self._pooled:
-            return self._pooled[m]
-        xs, ys, cl = [], [], []
-        for b in self.batches:
-            xs.append(b.x)
-            ys.append(b.y)
-            cl.append(b.classes.reshape(1, -1).expand(len(b.y), -1))
-        X, Y, C = torch.cat(xs), torch.cat(ys), torch.cat(cl)
-        pick = torch.randperm(len(Y), generator=self.gen)[: max(2, m)].to(X.device)
-
-        def loss(model):
-            logits = model(X[pick])
-            return torch.nn.functional.cross_entropy(torch.gather(logits, 1, C[pick]), Y[pick])
-
-        g, _ = batch_grad(self.model, loss, update_bn=REF_BN_UPDATE_DEFAULT())
-        self._pooled[m] = g
-        return g
-
-
-def REF_BN_UPDATE_DEFAULT() -> bool:  # noqa: N802 - read at call time (benchmarks flip it)
-    from .. import grads
-
-    return grads.REF_BN_UPDATE
+if TYPE_CHECKING:
+    from ..refs import RefContext
 
 
 def prepare_G(refs: RefContext, cfg: dict) -> None:
@@ -65,26 +23,46 @@ def prepare_G(refs: RefContext, cfg: dict) -> None:
 
 @dataclass(frozen=True)
 class LearnAlgorithm:
+    """One learning algorithm (SPEC §2): ``direction(g, refs, cfg) -> (x, info)`` turns the
+    current batch's gradient into the applied update; ``prepare(refs, cfg)`` computes the
+    references a step needs before the current batch's pass (SPEC §2 order)."""
+
     name: str
     direction: Callable  # (g, RefContext, cfg) -> (x, ProjectionInfo | None)
     uses_refs: bool = True
-    # computes the references a step needs before the current batch's gradient (SPEC §2 order)
     prepare: Callable = prepare_G
+    help: str = ""
+    aliases: tuple[str, ...] = ()
+    order: int = 100
 
 
 REGISTRY: dict[str, LearnAlgorithm] = {}
+_ALIASES: dict[str, str] = {}
 
 
 def register(alg: LearnAlgorithm) -> LearnAlgorithm:
+    for key in (alg.name, *alg.aliases):
+        k = str(key).strip().lower()
+        if _ALIASES.get(k, alg.name) != alg.name:
+            raise ValueError(f"learning algorithm {alg.name}: name {key!r} is taken by {_ALIASES[k]}")
+        _ALIASES[k] = alg.name
     REGISTRY[alg.name] = alg
     return alg
 
 
+def names() -> tuple[str, ...]:
+    return tuple(a.name for a in sorted(REGISTRY.values(), key=lambda a: (a.order, a.name)))
+
+
+def canonical(name) -> str:
+    hit = _ALIASES.get(str(name).strip().lower())
+    if hit is None:
+        raise UsageError(f"unknown learning algorithm '{name}'", f"choose one of: {', '.join(names())}")
+    return hit
+
+
 def get(name: str) -> LearnAlgorithm:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise UsageError(f"unknown learning algorithm '{name}'", f"choose one of: {', '.join(LEARN_ALGOS)}") from None
+    return REGISTRY[canonical(name)]
 
 
-__all__ = ["RefContext", "LearnAlgorithm", "register", "get", "REGISTRY", "masked_ce", "prepare_G"]
+__all__ = ["LearnAlgorithm", "register", "get", "names", "canonical", "REGISTRY", "prepare_G"]

@@ -2,4 +2,5 @@
 
 from .base import LearnAlgorithm, register
 
-register(LearnAlgorithm("naive", lambda g, refs, cfg: (g, None), uses_refs=False))
+register(LearnAlgorithm("naive", lambda g, refs, cfg: (g, None), uses_refs=False, order=10,
+                        help="plain fine-tuning, no constraint (a baseline)."))

@@ -1,13 +1,14 @@
 """``alt-neggem``: if any <g_f, g_j> < 0, GEM projection against {g_j} plus g_f itself, so
 the update keeps making progress on forgetting (<x, g_f> >= -eps v_f)."""
 
-import torch
-
-from ..projection import ProjectionInfo, gem_project
 from .base import UnlearnAlgorithm, register
 
 
 def combine(g_f, refs, cfg):
+    import torch
+
+    from ..projection import ProjectionInfo, gem_project
+
     if not refs.batches:
         return g_f, None
     G = refs.G
@@ -16,4 +17,6 @@ def combine(g_f, refs, cfg):
     return gem_project(g_f, torch.cat([G, g_f.unsqueeze(0)]), cfg["unlearn_mem_strength"], impl=refs.impl)
 
 
-register(UnlearnAlgorithm("alt-neggem", "neg", combine))
+register(UnlearnAlgorithm(
+    "alt-neggem", combine, forget="neg", order=50,
+    help="ALT-NegGEM: gradient ascent, GEM-projected against the retained tasks and g_f itself."))

@@ -10,4 +10,6 @@ def combine(g_f, refs, cfg):
     return a * refs.G.mean(0) + (1 - a) * g_f, None
 
 
-register(UnlearnAlgorithm("neggrad", "neg", combine))
+register(UnlearnAlgorithm(
+    "neggrad", combine, forget="neg", aliases=("neggrad+", "neggradplus"), order=60,
+    help="NegGrad+: alpha * mean retained gradient + (1 - alpha) * gradient ascent, no QP."))
