@@ -41,10 +41,11 @@ _ALIASES: dict[str, str] = {}
 
 
 def register(alg: LearnAlgorithm) -> LearnAlgorithm:
-    for key in (alg.name, *alg.aliases):
-        k = str(key).strip().lower()
+    keys = [str(key).strip().lower() for key in (alg.name, *alg.aliases)]
+    for k in keys:  # check every spelling first: a refused algorithm leaves no trace
         if _ALIASES.get(k, alg.name) != alg.name:
-            raise ValueError(f"learning algorithm {alg.name}: name {key!r} is taken by {_ALIASES[k]}")
+            raise ValueError(f"learning algorithm {alg.name}: name {k!r} is taken by {_ALIASES[k]}")
+    for k in keys:
         _ALIASES[k] = alg.name
     REGISTRY[alg.name] = alg
     return alg

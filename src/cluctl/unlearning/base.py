@@ -90,13 +90,14 @@ def _squash(name: str) -> str:
 def register(alg: UnlearnAlgorithm) -> UnlearnAlgorithm:
     if alg.forget is not None and isinstance(alg.forget, str) and alg.forget not in FORGET_LOSSES:
         raise ValueError(f"unlearning algorithm {alg.name}: unknown forget loss {alg.forget!r}")
-    for key in (alg.name, *alg.aliases):
-        k = str(key).strip().lower()
-        owner = _ALIASES.get(k) or _ALIASES.get(_squash(k))
+    keys = [str(key).strip().lower() for key in (alg.name, *alg.aliases)]
+    for key in keys:  # check every spelling first: a refused algorithm leaves no trace
+        owner = _ALIASES.get(key) or _ALIASES.get(_squash(key))
         if owner is not None and owner != alg.name:
             raise ValueError(f"unlearning algorithm {alg.name}: name {key!r} is taken by {owner}")
-        _ALIASES[k] = alg.name
-        _ALIASES[_squash(k)] = alg.name
+    for key in keys:
+        _ALIASES[key] = alg.name
+        _ALIASES[_squash(key)] = alg.name
     REGISTRY[alg.name] = alg
     return alg
 

@@ -1,0 +1,90 @@
+"""The algorithm registries are the one place an algorithm is declared: names, aliases,
+rule defaults, CLI choices and help all come from there, for every registered algorithm
+(including ones added later as a single file)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from cluctl import learning, resolve, unlearning
+from cluctl.engine import learn_task, new_state, run_config, unlearn_task
+from cluctl.errors import UsageError
+
+from conftest import TINY, clone_state
+
+UNLEARN = list(unlearning.names())
+LEARN = list(learning.names())
+
+
+def test_builtins_in_spec_order_then_the_rest():
+    assert UNLEARN[:6] == ["neggem", "negagem", "rl-gem", "rl-agem", "alt-neggem", "neggrad"]
+    assert LEARN[:3] == ["naive", "gem", "agem"]
+
+
+@pytest.mark.parametrize("name", UNLEARN)
+def test_unlearning_names_aliases_and_rule_defaults_come_from_the_declaration(name):
+    alg = unlearning.REGISTRY[name]
+    for spelling in (name, name.upper(), name.replace("-", "_"), name.replace("-", ""), *alg.aliases):
+        assert unlearning.canonical(spelling) == name
+    cfg = resolve.validate_unlearn({**run_config(**TINY), "algo": name.upper()}, classes_per_task=2)
+    assert cfg["algo"] == name
+    assert cfg["unlearning_rate"] == alg.unlearning_rate and cfg["forget_loss_scale"] == alg.forget_loss_scale
+    assert cfg["stop_acc"] == pytest.approx(0.5 + 0.5 / 6)
+    assert alg.help, "every algorithm declares a help line"
+
+
+def test_unknown_names_list_the_registry():
+    with pytest.raises(UsageError) as ei:
+        unlearning.canonical("negative-gem")
+    assert all(n in str(ei.value) for n in UNLEARN)
+    with pytest.raises(UsageError) as ei:
+        learning.canonical("ewc")
+    assert all(n in str(ei.value) for n in LEARN)
+
+
+def test_names_cannot_be_registered_twice():
+    alg = unlearning.REGISTRY["neggem"]
+    with pytest.raises(ValueError, match="taken"):
+        unlearning.register(unlearning.UnlearnAlgorithm("neg-gem-copy", alg.combine, aliases=("NEGGEM",)))
+    assert "neg-gem-copy" not in unlearning.REGISTRY
+    with pytest.raises(UsageError):
+        unlearning.canonical("neg-gem-copy")  # nothing of the refused algorithm was kept
+
+
+def test_cli_help_lists_every_registered_algorithm():
+    for cmd, names in ((["unlearn", "--help"], UNLEARN), (["learn", "--help"], LEARN), (["launch", "--help"], UNLEARN)):
+        out = subprocess.run([sys.executable, "-m", "cluctl.cli.main", *cmd], capture_output=True, text=True,
+                             env={"COLUMNS": "400", "PATH": ""}).stdout
+        for n in names:
+            assert n in out, (cmd, n)
+    rate = unlearning.rule_help("unlearning_rate")
+    assert "0.03 for" in rate and "rl-gem" in rate and rate.endswith("0.01 otherwise")
+
+
+def test_registry_is_readable_without_torch():
+    code = "import sys, cluctl.learning, cluctl.unlearning, cluctl.cli.main; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+    assert out == "False"
+
+
+@pytest.fixture(scope="module")
+def learned3():
+    st = new_state(run_config(**TINY), device="cpu")
+    for t in range(3):
+        learn_task(st, t)
+    return st
+
+
+@pytest.mark.parametrize("name", UNLEARN)
+def test_every_unlearning_algorithm_forgets_a_task(learned3, name):
+    """Every registered algorithm runs a request end to end: the task is forgotten, its
+    buffers leave the state, the summary reports the algorithm and how it stopped, and the
+    updates applied are finite."""
+    st = clone_state(learned3)
+    seen = []
+    s = unlearn_task(st, 2, {"algo": name, "max_epochs": 2}, step_hook=lambda d: seen.append(d))
+    assert s["algo"] == name and s["stopped"] in ("stop-acc", "max-epochs")
+    assert st.learned == [0, 1] and st.forgotten == [2] and 2 not in st.buffers
+    assert all(bool(d["x"].isfinite().all()) for d in seen)
+    assert s["steps"] == len(seen)
