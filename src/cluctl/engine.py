@@ -525,7 +525,7 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
                 projections += int(info.projected)
                 fallbacks += int(info.fallback)
             if step_hook is not None:
-                step_hook({"g_f": g_f, "G": refs.G if refs.batches else None, "x": x, "info": info,
+                step_hook({"g_f": g_f, "G": refs.G if (refs.batches and algo.uses_refs) else None, "x": x, "info": info,
                            "mask": mask, "forget_y": fy, "params_before": [p.detach().clone() for p in params]
                            if cfg["salun_on"] == "update" else None, "cfg": cfg})
             # Gradient ascent can blow the weights up when the projection keeps it from
