@@ -100,8 +100,10 @@ def main() -> None:
     for k1, k2 in itertools.combinations(keys, 2):
         if k1.split()[0] != k2.split()[0]:
             continue
-        d = [r1["acc"] - r2["acc"] for r1, r2 in zip(results[k1], results[k2])]
-        print(f"paired ACC  [{k1}] - [{k2}]: {_ms(d)}", flush=True)
+        metric = "retain" if "unlearn=" in k1 else "acc"  # the same learning runs: compare what differs
+        d = [None if r1.get(metric) is None or r2.get(metric) is None else r1[metric] - r2[metric]
+             for r1, r2 in zip(results[k1], results[k2])]
+        print(f"paired {metric:6s} [{k1}] - [{k2}]: {_ms(d)}", flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
