@@ -88,3 +88,42 @@ def test_every_unlearning_algorithm_forgets_a_task(learned3, name):
     assert st.learned == [0, 1] and st.forgotten == [2] and 2 not in st.buffers
     assert all(bool(d["x"].isfinite().all()) for d in seen)
     assert s["steps"] == len(seen)
+
+
+# ------------------------------------------------------------------ datasets
+
+
+def test_every_registered_dataset_is_declared_once_and_listed():
+    from cluctl.data import registry
+    from cluctl.launch.options import dataset_meta
+
+    kinds = registry.kinds()
+    assert [k.name for k in kinds][:4] == ["digits", "cifar10", "cifar100", "npz"]
+    text = registry.choices()
+    for k in kinds:
+        assert (f"{k.name}:PATH" if k.path_arg else k.name) in text
+        assert k.help and k.default_model in ("mlp", "resnet18")
+        if not k.path_arg:
+            assert registry.lookup(k.name.upper())[0] is k
+            name, classes, tasks = dataset_meta(k.name, download=True)  # declared: nothing loaded
+            assert (name, classes, tasks) == (k.name, k.classes, k.default_tasks)
+    assert registry.lookup("npz:./x.npz") == (registry.REGISTRY["npz"], "./x.npz")
+    assert registry.default_model("npz:/abs/x.npz") == "resnet18" and registry.default_model("digits") == "mlp"
+    with pytest.raises(UsageError, match="digits, cifar10, cifar100 or npz:PATH"):
+        registry.lookup("mnist")
+
+
+def test_declared_files_are_checked_before_any_work(tmp_path):
+    from cluctl.errors import NotFound
+    from cluctl.launch.options import dataset_meta
+
+    with pytest.raises(NotFound, match="CIFAR-100 not found"):
+        dataset_meta("cifar100", data_root=str(tmp_path))
+
+
+def test_dataset_help_comes_from_the_registry():
+    from cluctl.data import registry
+
+    out = subprocess.run([sys.executable, "-m", "cluctl.cli.main", "learn", "--help"], capture_output=True,
+                         text=True, env={"COLUMNS": "400", "PATH": ""}).stdout
+    assert registry.choices() in out

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import learning, unlearning
+from ..data import registry as _datasets
 
 # stdout carries results; everything else (progress, logs, warnings) goes to stderr.
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -30,6 +31,7 @@ def _choices(names) -> str:
 # choices derived from the algorithm registries (one module per algorithm)
 LEARN_CHOICES = _choices(learning.names())
 UNLEARN_CHOICES = _choices(unlearning.names())
+DATASET_CHOICES = _datasets.choices()  # from the dataset registry (one module per dataset)
 
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for this process (default: all cores).")
 ImplOpt = typer.Option("fast", "--impl", help="fast (batched reference gradients, Gram-only QP) or classic (GEM reference code structure).")

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from .. import unlearning
-from .common import LEARN_CHOICES, UNLEARN_CHOICES, err
+from .common import DATASET_CHOICES, LEARN_CHOICES, UNLEARN_CHOICES, err
 
 P_RUN = "Sequence, seeds, run"
 P_LEARN = "Learning"
@@ -78,7 +78,7 @@ def launch(
                                              help="Memorization scores REF (default: the cached confidence proxy)."),
     # --- data and model
     dataset: Optional[str] = typer.Option(None, "--dataset", rich_help_panel=P_DATA,
-                                          help="digits, cifar10, cifar100 or npz:PATH (default: digits; the thesis used cifar100)."),
+                                          help=f"{DATASET_CHOICES} (default: digits; the thesis used cifar100)."),
     tasks: Optional[int] = typer.Option(None, "--tasks", rich_help_panel=P_DATA, help="Number of tasks N (default: the dataset's)."),
     model: Optional[str] = typer.Option(None, "--model", rich_help_panel=P_DATA, help="resnet18 or mlp (default: the dataset's model: mlp for digits, resnet18 for CIFAR and npz)."),
     width: Optional[int] = typer.Option(None, "--width", rich_help_panel=P_DATA, help="ResNet nf (default 20) or MLP hidden units (default 100)."),

@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from ..errors import UsageError
-from .common import DataRootOpt, DownloadOpt, QuietOpt, StoreOpt, err, open_store, progress_bar
+from .common import DATASET_CHOICES, DataRootOpt, DownloadOpt, QuietOpt, StoreOpt, err, open_store, progress_bar
 
 app = typer.Typer(
     help="Memorization scores for ranked replay buffers: import Feldman & Zhang's file or estimate them. "
@@ -37,7 +37,7 @@ def _method(name: str) -> str:
 @app.command("import")
 def import_cmd(
     file: str = typer.Argument(..., help="An .npz with tr_mem (one score per training example) and optionally tr_labels."),
-    dataset: str = typer.Option("digits", "--dataset", help="Dataset the scores belong to: digits, cifar10, cifar100 or npz:PATH."),
+    dataset: str = typer.Option("digits", "--dataset", help=f"Dataset the scores belong to: {DATASET_CHOICES}."),
     store: Optional[str] = StoreOpt,
     data_root: Optional[str] = DataRootOpt,
     download: bool = DownloadOpt,
@@ -67,7 +67,7 @@ def import_cmd(
 
 @app.command("estimate")
 def estimate_cmd(
-    dataset: str = typer.Option("digits", "--dataset", help="digits, cifar10, cifar100 or npz:PATH."),
+    dataset: str = typer.Option("digits", "--dataset", help=f"{DATASET_CHOICES}."),
     method: str = typer.Option("fz", "--method", help="fz (feldman-zhang: K models on random subsets) or confidence (the cheap proxy: one training run)."),
     models: int = typer.Option(100, "--models", help="K, the number of models (fz)."),
     subset: float = typer.Option(0.7, "--subset", help="Fraction of the training set each model trains on, in (0, 1) (fz)."),

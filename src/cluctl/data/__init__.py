@@ -6,32 +6,28 @@
     cls = task_classes(order, ds.default_tasks, task=0, dataset=ds.name)
     idx = task_indices(ds.y_train, cls)
 
-See ``cluctl.data.datasets`` (registry, split, normalisation, fingerprint),
-``cluctl.data.cifar`` and ``cluctl.data.npz`` (file formats).
+A dataset is one module of this package registered in :mod:`cluctl.data.registry` (digits:
+:mod:`.digits`; CIFAR-10/100: :mod:`.cifar`; your arrays: :mod:`.npz`);
+:mod:`.datasets` holds the loaded :class:`Dataset`, the cache, normalisation and the
+fingerprint. Names are imported on first use, so reading the registry (the CLI's help)
+does not load torch.
 """
 
-from cluctl.data.datasets import (
-    DATASET_NAMES,
-    Dataset,
-    clear_cache,
-    default_data_root,
-    default_model,
-    digits_split,
-    fingerprint_arrays,
-    load_dataset,
-)
-from cluctl.data.tasks import class_order, task_classes, task_indices
+from __future__ import annotations
 
-__all__ = [
-    "DATASET_NAMES",
-    "Dataset",
-    "class_order",
-    "clear_cache",
-    "default_data_root",
-    "default_model",
-    "digits_split",
-    "fingerprint_arrays",
-    "load_dataset",
-    "task_classes",
-    "task_indices",
-]
+import importlib
+
+_LAZY = {
+    "DATASET_NAMES": "datasets", "Dataset": "datasets", "clear_cache": "datasets", "default_data_root": "datasets",
+    "digits_split": "datasets", "fingerprint_arrays": "datasets", "load_dataset": "datasets",
+    "default_model": "registry", "class_order": "tasks", "task_classes": "tasks", "task_indices": "tasks",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'cluctl.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"cluctl.data.{mod}"), name)

@@ -199,3 +199,48 @@ def read_cifar(name: str, root: str | os.PathLike, download: bool = False):
     if len(x_train) == 0 or len(x_test) == 0:
         raise UsageError(f"{info.label} under {folder} has an empty training or test set")
     return info, x_train, y_train, x_test, y_test
+
+
+# ---------------------------------------------------------------- registration
+
+
+def _loader(name: str):
+    def load(arg: str, data_root, download: bool):
+        import torch
+
+        from .datasets import _build
+
+        info, x_train, y_train, x_test, y_test = read_cifar(name, arg, download=download)
+        raw = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+        xtr = torch.from_numpy(np.ascontiguousarray(x_train)).to(torch.float32).div_(255.0)
+        xte = torch.from_numpy(np.ascontiguousarray(x_test)).to(torch.float32).div_(255.0)
+        return _build(name, raw, xtr, y_train, xte, y_test, info.num_classes, 20 if name == "cifar100" else 5)
+
+    return load
+
+
+def _checker(name: str):
+    def check(data_root) -> None:
+        from .datasets import default_data_root
+
+        info = cifar_info(name)
+        root = default_data_root(data_root)
+        missing = _missing(root, info)
+        if missing:
+            raise _not_found(root, info, missing)
+
+    return check
+
+
+def _register() -> None:
+    from .registry import DatasetKind, register
+
+    register(DatasetKind("cifar10", _loader("cifar10"), help="torchvision's CIFAR-10 files under --data-root",
+                         classes=10, default_tasks=5, default_model="resnet18", check=_checker("cifar10"),
+                         uses_data_root=True, order=20))
+    register(DatasetKind("cifar100", _loader("cifar100"), help="torchvision's CIFAR-100 files under --data-root",
+                         classes=100, default_tasks=20, default_model="resnet18", check=_checker("cifar100"),
+                         uses_data_root=True, order=30))
+
+
+_register()

@@ -1,4 +1,5 @@
-"""The dataset registry: ``load_dataset(spec)`` -> ``Dataset``.
+"""Loading a registered dataset (:mod:`cluctl.data.registry`): ``load_dataset(spec)`` ->
+``Dataset``, cached per process; pre-processing and the fingerprint shared by all.
 
 Specs
     ``digits``    scikit-learn's ``load_digits`` (1797 8x8 grey images, 10 classes,
@@ -48,7 +49,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cluctl.errors import UsageError
+from cluctl.data import registry
+from cluctl.data.registry import default_model
 
 __all__ = [
     "DATASET_NAMES",
@@ -62,19 +64,8 @@ __all__ = [
     "load_dataset",
 ]
 
-DATASET_NAMES = "digits, cifar10, cifar100, npz:PATH"
+DATASET_NAMES = registry.choices()  # "digits, cifar10, cifar100 or npz:PATH", from the registry
 DIGITS_SPLIT_SEED = 12345
-_DEFAULT_TASKS = {"digits": 5, "cifar10": 5, "cifar100": 20}
-# Each dataset's default model (SPEC §1): the reduced ResNet-18 at lr 0.1 on 8x8 digits is
-# chaotic (one seed's ACC moved by 0.05 between implementations that agree per step to
-# 1e-5; some seeds collapse to chance), so digits defaults to the MLP.
-_DEFAULT_MODELS = {"digits": "mlp", "cifar10": "resnet18", "cifar100": "resnet18"}
-
-
-def default_model(name: str) -> str:
-    """The model a dataset uses unless ``--model`` is given: ``mlp`` for digits,
-    ``resnet18`` for the CIFARs and for npz files."""
-    return _DEFAULT_MODELS.get(str(name).strip().lower(), "resnet18")
 
 
 
@@ -95,7 +86,7 @@ class Dataset:
 
     @property
     def default_model(self) -> str:
-        return default_model(self.name)
+        return registry.default_model(self.name)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -191,86 +182,21 @@ def _build(name, raw, x_train, y_train, x_test, y_test, num_classes, default_tas
     )
 
 
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits, read from the CSV that ships inside scikit-learn (what
-    ``sklearn.datasets.load_digits`` reads) without importing scikit-learn, whose import
-    costs ~1.5 s per command."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("sklearn")
-    path = None
-    if spec is not None and spec.submodule_search_locations:
-        cand = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
-        if cand.is_file():
-            path = cand
-    if path is None:  # pragma: no cover - a scikit-learn without the CSV
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        return np.asarray(d.images, dtype=np.float64), np.asarray(d.target).astype(np.int64)
-    data = np.loadtxt(path, delimiter=",")
-    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
-
-
-def _load_digits() -> Dataset:
-    images, y = _digits_arrays()  # float64, 1797 x 8 x 8, values 0..16
-    tr, te = digits_split(y)
-    raw = {"x_train": images[tr], "y_train": y[tr], "x_test": images[te], "y_test": y[te]}
-    x_train = (raw["x_train"] / 16.0).astype(np.float32)[:, None]
-    x_test = (raw["x_test"] / 16.0).astype(np.float32)[:, None]
-    return _build("digits", raw, x_train, raw["y_train"], x_test, raw["y_test"], 10, _DEFAULT_TASKS["digits"])
-
-
-def _load_cifar(name: str, root: Path, download: bool) -> Dataset:
-    from cluctl.data.cifar import read_cifar
-
-    info, x_train, y_train, x_test, y_test = read_cifar(name, root, download=download)
-    raw = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-    xtr = torch.from_numpy(np.ascontiguousarray(x_train)).to(torch.float32).div_(255.0)
-    xte = torch.from_numpy(np.ascontiguousarray(x_test)).to(torch.float32).div_(255.0)
-    return _build(name, raw, xtr, y_train, xte, y_test, info.num_classes, _DEFAULT_TASKS[name])
-
-
-def _load_npz(path: str) -> Dataset:
-    from cluctl.data.npz import npz_default_tasks, read_npz
-
-    abspath, raw, x_train, y_train, x_test, y_test, num_classes = read_npz(path)
-    return _build(
-        f"npz:{abspath}", raw, x_train, y_train, x_test, y_test, num_classes, npz_default_tasks(num_classes)
-    )
-
-
-def _parse(spec: str, data_root) -> tuple[tuple, str, str]:
-    """-> (cache key, kind, argument)."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise UsageError(f"no dataset given (valid: {DATASET_NAMES})")
-    text = spec.strip()
-    if text[:4].lower() == "npz:":
-        path = text[4:]
-        if not path.strip():
-            raise UsageError("npz: needs a file path", "write npz:PATH, e.g. npz:./mydata.npz")
-        abspath = os.path.abspath(os.path.expanduser(path))
-        return ("npz", abspath), "npz", abspath
-    name = text.lower()
-    if name == "digits":
-        return ("digits",), "digits", ""
-    if name in ("cifar10", "cifar100"):
-        root = str(default_data_root(data_root))
-        return (name, root), name, root
-    raise UsageError(f"unknown dataset {spec!r}", f"valid: {DATASET_NAMES}")
-
-
 def load_dataset(spec: str, data_root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
-    """Load (once per process) the dataset named by ``spec``; see the module docstring."""
-    key, kind, arg = _parse(spec, data_root)
+    """Load (once per process) the dataset named by ``spec`` (a registered dataset:
+    :mod:`cluctl.data.registry`); see the module docstring."""
+    kind, arg = registry.lookup(spec)
+    if kind.path_arg:
+        arg = os.path.abspath(os.path.expanduser(arg))
+        key: tuple = (kind.name, arg)
+    elif kind.uses_data_root:
+        arg = str(default_data_root(data_root))
+        key = (kind.name, arg)
+    else:
+        key = (kind.name,)
     ds = _CACHE.get(key)
     if ds is not None:
         return ds
-    if kind == "digits":
-        ds = _load_digits()
-    elif kind == "npz":
-        ds = _load_npz(arg)
-    else:
-        ds = _load_cifar(kind, Path(arg), download)
+    ds = kind.load(arg, data_root, download)
     _CACHE[key] = ds
     return ds

@@ -186,3 +186,24 @@ def read_npz(path: str | os.PathLike):
             f"labels must cover 0..{num_classes - 1} in y_train, but class(es) {listed} never occur there"
         )
     return abspath, raw, xs["train"], ys["train"], xs["test"], ys["test"], num_classes
+
+
+# ---------------------------------------------------------------- registration
+
+
+def _load(arg: str, data_root, download: bool):
+    from .datasets import _build
+
+    abspath, raw, x_train, y_train, x_test, y_test, num_classes = read_npz(arg)
+    return _build(f"npz:{abspath}", raw, x_train, y_train, x_test, y_test, num_classes,
+                  npz_default_tasks(num_classes))
+
+
+def _register() -> None:
+    from .registry import DatasetKind, register
+
+    register(DatasetKind("npz", _load, help="your arrays: x_train, y_train, x_test, y_test", path_arg=True,
+                         default_model="resnet18", order=90))
+
+
+_register()

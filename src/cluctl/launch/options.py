@@ -60,7 +60,6 @@ _DEFAULTS: dict[str, Any] = {
     "mia": False, "plots": True, "quiet": False, "resume": None, "aggregate_only": False, "reference": "prefix",
 }
 
-_KNOWN_DATASETS = {"digits": (10, 5), "cifar10": (10, 5), "cifar100": (100, 20)}  # classes, default tasks
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -252,26 +251,21 @@ def available_cores() -> int:
 
 
 def dataset_meta(spec: Any, data_root: str | None = None, download: bool = False) -> tuple[str, int, int]:
-    """(canonical name, classes, default tasks) without loading the known datasets."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise UsageError(f"--dataset must be a name, got {spec!r}", "digits, cifar10, cifar100 or npz:PATH")
-    text = spec.strip()
-    if text.lower() in _KNOWN_DATASETS:
-        classes, tasks = _KNOWN_DATASETS[text.lower()]
-        if text.lower().startswith("cifar") and not download:
-            # fail here, before anything is registered in the store, not in every worker
-            from ..data.cifar import _missing, _not_found, cifar_info
-            from ..data.datasets import default_data_root
+    """(canonical name, classes, default tasks) without loading a registered dataset whose
+    classes are declared; its files are checked here (before anything is registered in
+    the store, not in every worker) unless ``download``."""
+    from ..data import registry
 
-            info = cifar_info(text.lower())
-            root = default_data_root(data_root)
-            missing = _missing(root, info)
-            if missing:
-                raise _not_found(root, info, missing)
-        return text.lower(), classes, tasks
+    if not isinstance(spec, str) or not spec.strip():
+        raise UsageError(f"--dataset must be a name, got {spec!r}", registry.choices())
+    kind, _arg = registry.lookup(spec)
+    if kind.classes is not None and kind.default_tasks is not None:
+        if kind.check is not None and not download:
+            kind.check(data_root)
+        return kind.name, kind.classes, kind.default_tasks
     from ..data import load_dataset
 
-    ds = load_dataset(text, data_root=data_root, download=download)
+    ds = load_dataset(spec.strip(), data_root=data_root, download=download)
     return ds.name, ds.num_classes, ds.default_tasks
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 
 from cluctl.errors import UsageError
 
-__all__ = ["Results", "load_results", "summary_value", "TABLES", "DATASET_CLASSES"]
+__all__ = ["Results", "load_results", "summary_value", "TABLES"]
 
 #: the four per-seed tables, by attribute name -> file name
 TABLES = {
@@ -37,8 +37,12 @@ TABLES = {
     "train_conf": "train_conf.csv",
 }
 
-#: classes per dataset, to recover k = C / N when summary.json lacks "k"
-DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+def _dataset_classes(name: str) -> int | None:
+    """Classes of a registered dataset (to recover k = C / N when summary.json lacks "k")."""
+    from cluctl.data.registry import kind_of
+
+    kind = kind_of(name)
+    return kind.classes if kind is not None else None
 
 _SEED_DIR = re.compile(r"^seed-(\d+)$")
 _OP = re.compile(r"^[LU]\d+$")
@@ -267,7 +271,7 @@ def load_results(path: str) -> Results:
     dataset = summary.get("dataset") or (summary.get("config") or {}).get("dataset") or "?"
     k = summary.get("k")
     if not (isinstance(k, (int, float)) and not isinstance(k, bool) and k >= 1):
-        classes = DATASET_CLASSES.get(str(dataset).lower())
+        classes = _dataset_classes(str(dataset))
         k = classes // n_tasks if classes and classes % n_tasks == 0 else None
     k = int(k) if k else None
 
