@@ -77,3 +77,29 @@ THESIS = (
     "--mem_learning_buffer 1 --learning_buffer_split 0.2 --learning_buffer_type least --mem_unlearning_buffer 1 "
     "--unlearning_buffer_split 0.2 --unlearning_buffer_type most --devices cpu --dataset digits"
 ).split()
+
+
+@pytest.fixture(scope="module")
+def tiny_learned3():
+    """A TINY state that learned tasks 0, 1, 2 with GEM (module-scoped: clone it per test)."""
+    from cluctl.engine import learn_task, new_state, run_config
+
+    st = new_state(run_config(**TINY), device="cpu")
+    for t in range(3):
+        learn_task(st, t)
+    return st
+
+
+def unlearn_from_cli(tmp_path, algo: str, *flags) -> tuple[str, dict]:
+    """Learn tasks 0 and 1 (TINY, through the API), unlearn task 1 with ``cluctl unlearn
+    --algo ALGO FLAGS``; returns (its stderr, the config its checkpoint says it used)."""
+    import json
+
+    from cluctl import api
+
+    st = tmp_path / "st"
+    r = api.learn(0, store=st, **TINY)
+    r = api.learn(1, from_ref=r.id, store=st)
+    p = run_cli(["unlearn", "--task", "1", "--from", r.id, "--algo", algo, *flags], store=st, check=0)
+    meta = json.loads(run_cli(["store", "show", p.stdout.strip(), "--json"], store=st, check=0).stdout)
+    return p.stderr, meta["meta"]["config"]

@@ -76,8 +76,8 @@ def test_grouped_reference_gradients_equal_classic(kind, width, shape, channels_
 def test_steps_equal_classic_on_cuda(learned3_cuda, algo, exact_float32, monkeypatch):
     import cluctl.grads as grads
     from cluctl.engine import learn_task, unlearn_task
-    from cluctl.learning import REGISTRY as LEARN, LearnAlgorithm, RefContext
-    from cluctl.unlearning import REGISTRY as UNLEARN, UnlearnAlgorithm
+    from cluctl.learning import REGISTRY as LEARN, RefContext
+    from cluctl.unlearning import REGISTRY as UNLEARN
 
     monkeypatch.setitem(grads.FAST_OPTIONS, "channels_last", False)
     steps = []
@@ -219,7 +219,7 @@ def test_engine_steps_replay_graphs_that_match_eager(learned3_cuda, exact_float3
     an H200, 5e-2 relative after 27 steps.)"""
     import cluctl.grads as grads
     from cluctl.engine import learn_task
-    from cluctl.learning import REGISTRY as LEARN, LearnAlgorithm
+    from cluctl.learning import REGISTRY as LEARN
 
     monkeypatch.setattr(grads, "_GRAPHS_BROKEN", [])
     monkeypatch.setitem(grads.FAST_OPTIONS, "cuda_graphs", True)

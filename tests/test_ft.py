@@ -2,24 +2,13 @@
 retained tasks of the gradient of the loss on each task's whole learn buffer, computed here
 independently; there is no forget term."""
 
-import json
-
-import pytest
 import torch
 from torch.func import functional_call
 
-from cluctl.engine import learn_task, new_state, run_config, unlearn_task
+from cluctl.engine import unlearn_task
 from cluctl.grads import masked_ce
 
-from conftest import TINY, clone_state, run_cli
-
-
-@pytest.fixture(scope="module")
-def learned3():
-    st = new_state(run_config(**TINY), device="cpu")
-    for t in range(3):
-        learn_task(st, t)
-    return st
+from conftest import clone_state, unlearn_from_cli
 
 
 def _buffer(st, task):
@@ -29,7 +18,8 @@ def _buffer(st, task):
     return st.dataset.x_train[idx], y, torch.tensor(cls)
 
 
-def test_ft_steps_descend_on_the_retained_tasks_only(learned3):
+def test_ft_steps_descend_on_the_retained_tasks_only(tiny_learned3):
+    learned3 = tiny_learned3
     st = clone_state(learned3)
     refs = {j: _buffer(learned3, j) for j in (0, 1)}
     steps = []
@@ -58,12 +48,6 @@ def test_ft_steps_descend_on_the_retained_tasks_only(learned3):
 
 
 def test_ft_from_the_cli(tmp_path):
-    from cluctl import api
-
-    r = api.learn(0, store=tmp_path / "st", **TINY)
-    r = api.learn(1, from_ref=r.id, store=tmp_path / "st")
-    p = run_cli(["unlearn", "--task", "1", "--from", r.id, "--algo", "fine-tune", "--max-epochs", "1"],
-                store=tmp_path / "st", check=0)
-    assert "(ft)" in p.stderr
-    meta = json.loads(run_cli(["store", "show", p.stdout.strip(), "--json"], store=tmp_path / "st", check=0).stdout)
-    assert (meta["meta"]["config"]["algo"], meta["meta"]["config"]["unlearning_rate"]) == ("ft", 0.1)
+    stderr, used = unlearn_from_cli(tmp_path, "fine-tune", "--max-epochs", "1")
+    assert "(ft)" in stderr
+    assert (used["algo"], used["unlearning_rate"]) == ("ft", 0.1)

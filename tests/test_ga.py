@@ -5,18 +5,10 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from cluctl.engine import learn_task, new_state, run_config, unlearn_task
+from cluctl.engine import unlearn_task
 from cluctl.grads import masked_ce
 
-from conftest import TINY, clone_state, run_cli
-
-
-@pytest.fixture(scope="module")
-def learned3():
-    st = new_state(run_config(**TINY), device="cpu")
-    for t in range(3):
-        learn_task(st, t)
-    return st
+from conftest import clone_state, unlearn_from_cli
 
 
 def _forget_batch(st, task, step, b):
@@ -30,9 +22,9 @@ def _forget_batch(st, task, step, b):
 
 
 @pytest.mark.parametrize("scale", [None, 3.0])
-def test_ga_steps_are_plain_gradient_ascent(learned3, scale):
-    st = clone_state(learned3)
-    before = clone_state(learned3)
+def test_ga_steps_are_plain_gradient_ascent(tiny_learned3, scale):
+    st = clone_state(tiny_learned3)
+    before = clone_state(tiny_learned3)
     steps = []
 
     def hook(d):
@@ -60,15 +52,6 @@ def test_ga_steps_are_plain_gradient_ascent(learned3, scale):
 
 
 def test_ga_from_the_cli(tmp_path):
-    import json
-
-    from cluctl import api
-
-    r = api.learn(0, store=tmp_path / "st", **TINY)
-    r = api.learn(1, from_ref=r.id, store=tmp_path / "st")
-    p = run_cli(["unlearn", "--task", "1", "--from", r.id, "--algo", "Gradient-Ascent", "--max-epochs", "1"],
-                store=tmp_path / "st", check=0)
-    assert "(ga)" in p.stderr
-    meta = json.loads(run_cli(["store", "show", p.stdout.strip(), "--json"], store=tmp_path / "st", check=0).stdout)
-    used = meta["meta"]["config"]
+    stderr, used = unlearn_from_cli(tmp_path, "Gradient-Ascent", "--max-epochs", "1")
+    assert "(ga)" in stderr
     assert (used["algo"], used["unlearning_rate"], used["forget_loss_scale"]) == ("ga", 0.01, 1.0)

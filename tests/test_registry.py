@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from cluctl import learning, resolve, unlearning
-from cluctl.engine import learn_task, new_state, run_config, unlearn_task
+from cluctl.engine import run_config, unlearn_task
 from cluctl.errors import UsageError
 
 from conftest import TINY, clone_state
@@ -68,20 +68,12 @@ def test_registry_is_readable_without_torch():
     assert out == "False"
 
 
-@pytest.fixture(scope="module")
-def learned3():
-    st = new_state(run_config(**TINY), device="cpu")
-    for t in range(3):
-        learn_task(st, t)
-    return st
-
-
 @pytest.mark.parametrize("name", UNLEARN)
-def test_every_unlearning_algorithm_forgets_a_task(learned3, name):
+def test_every_unlearning_algorithm_forgets_a_task(tiny_learned3, name):
     """Every registered algorithm runs a request end to end: the task is forgotten, its
     buffers leave the state, the summary reports the algorithm and how it stopped, and the
     updates applied are finite."""
-    st = clone_state(learned3)
+    st = clone_state(tiny_learned3)
     seen = []
     s = unlearn_task(st, 2, {"algo": name, "max_epochs": 2}, step_hook=lambda d: seen.append(d))
     assert s["algo"] == name and s["stopped"] in ("stop-acc", "max-epochs")

@@ -34,7 +34,6 @@ from .grads import (
     forward_precision,
     masked_ce,
     param_list,
-    reference_mode,
     release_graphs,
 )
 from .refs import RefContext

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..metrics import reference_rows
 from ..metrics.core import _status_arrays, parse_ops
-from .worker import MATRICES, _clean, completed_prefix, op_ref, seed_prefix
+from .worker import MATRICES, _clean, completed_prefix, seed_prefix
 
 
 def retrain_ref(run: str, seed: int, tasks: list[int]) -> str:
