@@ -25,6 +25,7 @@ from . import faults
 from . import resolve as R
 from .buffers.selection import buffer_size, select_random, select_ranked
 from .data import Dataset, class_order, load_dataset, task_classes, task_indices
+from .devices import resolve_device  # noqa: F401  (re-exported: cluctl.engine.resolve_device)
 from .errors import CluctlError, Diverged, NotFound, UsageError
 from .grads import (
     TaskBatch,
@@ -100,26 +101,6 @@ def op_generator(seed: int, op_index: int) -> torch.Generator:
     """A CPU generator seeded by (run seed, operation index)."""
     s = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(op_index), 0xC1]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(s[0]) << 32 | int(s[1]))
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name in (None, "", "auto"):
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"unknown device '{name}'", "use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"device '{name}' requested but no CUDA GPU is visible", "use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(
-                f"device '{name}' requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible",
-                "use --device cpu or a visible GPU",
-            )
-    elif dev.type != "cpu":
-        raise UsageError(f"unsupported device '{name}'", "use cpu, cuda or cuda:N")
-    return dev
 
 
 _DEVICE_DATA: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}

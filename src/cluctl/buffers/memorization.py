@@ -170,24 +170,9 @@ def _check_float(name: str, value, lo: float, hi: float | None = None, lo_open=T
 
 
 def _parse_devices(devices) -> list[str]:
-    from cluctl.engine import resolve_device
+    from cluctl.devices import parse_device_list
 
-    if devices is None or devices == "" or devices == ():
-        return [str(resolve_device(None))]
-    if isinstance(devices, (str, torch.device)):
-        items = [d.strip() for d in str(devices).split(",")]
-    else:
-        items = [str(d).strip() for d in devices]
-    items = [d for d in items if d]
-    if not items:
-        raise UsageError("--devices is empty", "use cpu, cuda:0 or a comma list like cuda:0,cuda:1")
-    out = []
-    for d in items:
-        dev = resolve_device(d)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", 0)
-        out.append(str(dev))
-    return out
+    return parse_device_list(devices)
 
 
 def _pack(bits: np.ndarray) -> str:
@@ -448,7 +433,7 @@ def confidence_proxy(dataset, model: str, width: int | None, seed: int, epochs: 
     ordinary training run on the whole training set (C-way, recorded after each epoch in
     eval mode). Higher = more memorized. Deterministic for a seed, device and thread count
     (``threads``: torch CPU threads for the call, default: as set)."""
-    from cluctl.engine import resolve_device
+    from cluctl.devices import resolve_device
     from cluctl.models import build_model
 
     ds = _as_dataset(dataset)
@@ -514,7 +499,7 @@ def cached_proxy(store, dataset, model: str, width, seed: int, device=None,
         except CluctlError as e:
             if not quiet:
                 _console().print(f"warning: cached proxy {ref} is unusable ({e}); computing it again")
-    from cluctl.engine import resolve_device
+    from cluctl.devices import resolve_device
 
     dev = resolve_device(str(device) if device is not None else None)
     if not quiet:

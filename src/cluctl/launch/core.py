@@ -134,9 +134,9 @@ def execute(plan: Plan, store=None, console: Console | None = None, live: bool |
     """Run a plan: every seed's remaining operations (spawned processes), then the results.
     Returns the outcome; its ``exit_code`` is 0, 1 (a seed failed), 143 (SIGTERM) or 130."""
     from ..api import open_store
-    from ..cli.common import err
+    from .progress import stderr_console
 
-    console = console or err
+    console = console or stderr_console()
     st = store if store is not None else open_store(plan.store)
     st.clean_temp()
     if plan.aggregate_only:

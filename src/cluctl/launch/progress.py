@@ -14,6 +14,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
+def stderr_console() -> Console:
+    """The console launch writes its log to when the caller gives none (stderr, as the
+    CLI's; launch never reaches up into the CLI for it)."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
 class Display:
     """Consumes worker messages (see :mod:`cluctl.launch.worker`) and shows them."""
 
