@@ -28,7 +28,6 @@ import json
 import math
 import os
 import platform
-import secrets
 import socket
 import sys
 import warnings
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..atomic import write_text
 from ..errors import NotFound, UsageError
 from .worker import MATRICES, completed_prefix, seed_failure
 
@@ -51,22 +51,8 @@ METRIC_COLUMNS = ("seed", "row", "op", "retain_acc", "forget_acc", "tow", "clu_m
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a uniquely named temp file + fsync + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``text`` to ``path`` atomically (:func:`cluctl.atomic.write_text`)."""
+    write_text(path, text)
 
 
 def fmt(value: Any) -> str:

@@ -75,9 +75,6 @@ class Runner:
                     if proc.is_alive():
                         proc.kill()
 
-    def request_stop(self, signum: int = signal.SIGTERM) -> None:
-        self._on_signal(signum, None)
-
     # -------------------------------------------------------------- running
     def run(self) -> RunnerResult:
         result = RunnerResult()

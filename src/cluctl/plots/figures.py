@@ -12,6 +12,7 @@ x = operation index, labelled with the operation (row i = the state after op i).
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from cluctl.atomic import write_bytes
 from cluctl.errors import UsageError
 
 from .results import Results, _merge_labels, _nanmean_std, load_results, summary_value
@@ -485,16 +487,12 @@ def _save(fig: Figure, path: str, fmt: str, dpi: int) -> None:
     FigureCanvasAgg(fig)
     # no creation dates in vector files: the same results give the same bytes
     meta = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(fmt)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    buf = io.BytesIO()
     try:
         with rc_context({"svg.hashsalt": "cluctl"}):  # stable SVG element ids
-            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=meta)
-        os.replace(tmp, path)
+            fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta)
+        write_bytes(path, buf.getvalue())  # temp file + fsync + os.replace, as every results file
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise UsageError(f"cannot write {path} ({exc.strerror or exc})", "pick a writable --out folder") from None
     finally:
         fig.clear()

@@ -452,16 +452,6 @@ class Store:
             raise self.corrupt_error(oid, actual, len(data))
         return data
 
-    def verify_object(self, oid: str) -> None:
-        """Hash the object's file (streaming); raise NotFound / CorruptObject."""
-        oid = self._check_oid(oid)
-        try:
-            actual = self._hash_file(self.object_path(oid))
-        except (FileNotFoundError, NotADirectoryError):
-            raise self.missing_error(oid) from None
-        if actual != oid:
-            raise self.corrupt_error(oid, actual)
-
     def put_json(self, obj: Any) -> str:
         return self.put_bytes(canonical_json(obj))
 
