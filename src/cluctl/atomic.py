@@ -34,8 +34,13 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except OSError:
             pass
         raise
+    fsync_dir(final.parent)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename in ``path`` durable (best effort: not every filesystem allows it)."""
     try:
-        fd = os.open(final.parent, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         return
     try:
@@ -50,4 +55,4 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-__all__ = ["write_bytes", "write_text", "temp_name"]
+__all__ = ["write_bytes", "write_text", "temp_name", "fsync_dir"]

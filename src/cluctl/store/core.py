@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cluctl import faults
+from cluctl.atomic import fsync_dir
 from cluctl.errors import CorruptObject, NotFound, StoreError, UsageError
 
 LAYOUT_VERSION = "1"
@@ -93,17 +94,7 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[n:]
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+_fsync_dir = fsync_dir  # one implementation (cluctl.atomic)
 
 
 @dataclass
