@@ -79,3 +79,30 @@ def test_mia_efficacy_validates():
         mia_efficacy(rng.random(1), rng.random(50), rng.random(5))
     a, b, c = rng.random(100), rng.random(100), rng.random(30)
     assert mia_efficacy(a, b, c, seed=1) == mia_efficacy(a, b, c, seed=1)
+
+
+def test_one_mia_routine_for_a_checkpoint_and_for_launch():
+    """``api.mia`` (one task, the CLI's ``cluctl mia``) and ``api.mia_all`` (every task after
+    each operation of ``launch --mia``) are one routine: the same numbers for the same state,
+    and the efficacy attack trains on the learned tasks only."""
+    from cluctl import api
+    from cluctl.engine import learn_task, new_state, run_config, unlearn_task
+
+    from conftest import TINY
+
+    st = new_state(run_config(**TINY), device="cpu")
+    for t in range(3):
+        learn_task(st, t)
+    unlearn_task(st, 2, {"algo": "neggem", "max_epochs": 2})
+    rows = api.mia_all(st, seed=5)
+    assert [(r["task"], r["attack"]) for r in rows] == [(0, "loss"), (1, "loss"), (2, "loss"), (2, "efficacy")]
+    for r in rows:
+        one = api.mia(st, r["task"], attack=r["attack"], seed=5)
+        if r["attack"] == "loss":
+            assert (one["acc"], one["auc"], one["cv_acc"]) == (r["acc"], r["auc"], r["cv_acc"])
+        else:
+            assert one["efficacy"] == r["efficacy"] and 0.0 <= r["efficacy"] <= 1.0
+    only = new_state(run_config(**TINY), device="cpu")
+    learn_task(only, 0)
+    with pytest.raises(UsageError, match="at least one other learned task"):
+        api.mia(only, 0, attack="efficacy", seed=5)

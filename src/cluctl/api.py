@@ -199,6 +199,38 @@ def _buffer_indices_from_lineage(store, state: State, task: int) -> tuple[list[i
                    "use --members train")
 
 
+class _MiaStats:
+    """Per-task (train loss, train confidence, test loss, test confidence) of one state,
+    computed once per task (eval mode): the one place both MIAs of SPEC §7 read them."""
+
+    def __init__(self, state: State):
+        self.state = state
+        self.cache: dict[int, tuple] = {}
+
+    def __call__(self, t: int) -> tuple:
+        if t not in self.cache:
+            from .data import task_indices
+            from .engine import per_sample_losses
+
+            ds, cls = self.state.dataset, self.state.classes(t)
+            l_tr, c_tr = per_sample_losses(self.state, task_indices(ds.y_train, cls), t, "train")
+            l_te, c_te = per_sample_losses(self.state, task_indices(ds.y_test, cls), t, "test")
+            self.cache[t] = (l_tr, c_tr, l_te, c_te)
+        return self.cache[t]
+
+
+def _efficacy(state: State, task: int, seed: int, stats: _MiaStats) -> float:
+    """SalUn's MIA-efficacy of ``task`` against the other learned tasks (SPEC §7)."""
+    from .metrics import mia_efficacy
+
+    retained = [t for t in state.learned if t != task]
+    if not retained:
+        raise UsageError("MIA-efficacy needs at least one other learned task to train the attacker")
+    r_tr = np.concatenate([stats(t)[1] for t in retained])
+    r_te = np.concatenate([stats(t)[3] for t in retained])
+    return float(mia_efficacy(r_tr, r_te, stats(task)[1], seed=seed))
+
+
 @no_new_store_on_error
 def mia(ref: str | State, task: int, members: str = "train", attack: str = "loss", seed: int | None = None,
         store=None, device: str | None = None, data_root: str | None = None, download: bool = False) -> dict:
@@ -212,43 +244,68 @@ def mia(ref: str | State, task: int, members: str = "train", attack: str = "loss
     with the learned tasks' training (members) vs test (non-members) samples; the fraction
     of this task's training samples it calls non-members.
     """
-    from .data import task_indices
     from .engine import check_task, per_sample_losses
-    from .metrics import mia_efficacy, mia_loss_attack
+    from .metrics import mia_loss_attack
 
     if members not in ("train", "buffer"):
         raise UsageError(f"--members '{members}' is not valid", "choose train or buffer")
     if attack not in ("loss", "efficacy"):
         raise UsageError(f"--attack '{attack}' is not valid", "choose loss or efficacy")
-    st = open_store(store)
+    # a State needs no store, unless its lineage is searched for a buffer
+    st = open_store(store) if (not isinstance(ref, State) or (attack == "loss" and members == "buffer")) else None
     state = ref if isinstance(ref, State) else load_state(st, ref, device=device, data_root=data_root,
                                                           download=download)
     task = check_task(state, task)
     seed = state.config["seed"] if seed is None else int(seed)
-    ds = state.dataset
     out: dict[str, Any] = {"checkpoint": state.parent_id, "task": task, "status": state.status(task),
                            "attack": attack, "members": members, "seed": seed, "buffer_from": None}
-    test_idx = task_indices(ds.y_test, state.classes(task))
+    stats = _MiaStats(state)
     if attack == "loss":
         if members == "buffer":
             mem_idx, origin = _buffer_indices_from_lineage(st, state, task)
             out["buffer_from"] = origin
+            m_loss, _ = per_sample_losses(state, mem_idx, task, "train")
         else:
-            mem_idx = task_indices(ds.y_train, state.classes(task)).tolist()
-        m_loss, _ = per_sample_losses(state, mem_idx, task, "train")
-        n_loss, _ = per_sample_losses(state, test_idx, task, "test")
-        out.update(mia_loss_attack(m_loss, n_loss, seed=seed))
+            m_loss = stats(task)[0]
+        out.update(mia_loss_attack(m_loss, stats(task)[2], seed=seed))
         return out
-    retained = [t for t in state.learned if t != task]
-    if not retained:
-        raise UsageError("MIA-efficacy needs at least one other learned task to train the attacker")
-    r_tr, r_te = [], []
-    for t in retained:
-        _, c = per_sample_losses(state, task_indices(ds.y_train, state.classes(t)), t, "train")
-        r_tr.append(c)
-        _, c = per_sample_losses(state, task_indices(ds.y_test, state.classes(t)), t, "test")
-        r_te.append(c)
-    _, f_tr = per_sample_losses(state, task_indices(ds.y_train, state.classes(task)), task, "train")
-    out["efficacy"] = float(mia_efficacy(np.concatenate(r_tr), np.concatenate(r_te), f_tr, seed=seed))
+    out["efficacy"] = _efficacy(state, task, seed, stats)
     return out
 
+
+def mia_all(state: State, seed: int) -> list[dict]:
+    """SPEC §7's MIAs after an operation, for every task seen so far (what ``launch --mia``
+    stores per operation): the loss attack (members = the task's training samples,
+    non-members = its test samples) and, for forgotten tasks, MIA-efficacy against the
+    learned ones. A task with too few samples gets a row with an ``error``."""
+    from .metrics import mia_loss_attack
+
+    stats = _MiaStats(state)
+    rows: list[dict] = []
+    seen = [t for t in range(state.n_tasks) if state.status(t) != "unseen"]
+    for t in seen:
+        l_tr, _, l_te, _ = stats(t)
+        row = {"task": t, "status": state.status(t), "attack": "loss", "members": "train",
+               "acc": None, "auc": None, "cv_acc": None, "efficacy": None}
+        try:
+            r = mia_loss_attack(l_tr, l_te, seed=seed)
+            row.update(acc=r["acc"], auc=r["auc"], cv_acc=r["cv_acc"])
+        except UsageError as e:  # too few samples: keep a row saying so
+            row["error"] = str(e)
+        rows.append(row)
+    if state.learned:
+        for t in seen:
+            if state.status(t) != "forgotten":
+                continue
+            row = {"task": t, "status": "forgotten", "attack": "efficacy", "members": "retain-train",
+                   "acc": None, "auc": None, "cv_acc": None, "efficacy": None}
+            try:
+                row["efficacy"] = _efficacy(state, t, seed, stats)
+            except UsageError as e:
+                row["error"] = str(e)
+            rows.append(row)
+    for row in rows:
+        for k in ("acc", "auc", "cv_acc", "efficacy"):
+            if row[k] is not None:
+                row[k] = float(row[k])
+    return rows

@@ -87,59 +87,11 @@ def _clean(values) -> list:
 
 
 def compute_mia(state, seed: int) -> list[dict]:
-    """SPEC §7 MIAs after an operation, for every task seen so far: the loss attack
-    (members = the task's training samples, non-members = its test samples) and, for
-    forgotten tasks, MIA-efficacy (retain = the currently learned tasks)."""
-    import numpy as np
+    """SPEC §7 MIAs after an operation, for every task seen so far (:func:`cluctl.api.mia_all`,
+    the one MIA routine)."""
+    from ..api import mia_all
 
-    from ..data import task_indices
-    from ..engine import per_sample_losses
-    from ..metrics import mia_efficacy, mia_loss_attack
-
-    ds = state.dataset
-    cache: dict[int, tuple] = {}
-
-    def stats(t: int):
-        if t not in cache:
-            cls = state.classes(t)
-            tr = task_indices(ds.y_train, cls)
-            te = task_indices(ds.y_test, cls)
-            l_tr, c_tr = per_sample_losses(state, tr, t, "train")
-            l_te, c_te = per_sample_losses(state, te, t, "test")
-            cache[t] = (l_tr, c_tr, l_te, c_te)
-        return cache[t]
-
-    rows: list[dict] = []
-    seen = [t for t in range(state.n_tasks) if state.status(t) != "unseen"]
-    for t in seen:
-        status = state.status(t)
-        l_tr, c_tr, l_te, _ = stats(t)
-        row = {"task": t, "status": status, "attack": "loss", "members": "train",
-               "acc": None, "auc": None, "cv_acc": None, "efficacy": None}
-        try:
-            r = mia_loss_attack(l_tr, l_te, seed=seed)
-            row.update(acc=r["acc"], auc=r["auc"], cv_acc=r["cv_acc"])
-        except UsageError as e:  # too few samples: keep a row saying so
-            row["error"] = str(e)
-        rows.append(row)
-    if state.learned:
-        ret_tr = np.concatenate([stats(j)[1] for j in state.learned])
-        ret_te = np.concatenate([stats(j)[3] for j in state.learned])
-        for t in seen:
-            if state.status(t) != "forgotten":
-                continue
-            row = {"task": t, "status": "forgotten", "attack": "efficacy", "members": "retain-train",
-                   "acc": None, "auc": None, "cv_acc": None, "efficacy": None}
-            try:
-                row["efficacy"] = mia_efficacy(ret_tr, ret_te, stats(t)[1], seed=seed)
-            except UsageError as e:
-                row["error"] = str(e)
-            rows.append(row)
-    for row in rows:
-        for k in ("acc", "auc", "cv_acc", "efficacy"):
-            if row[k] is not None:
-                row[k] = float(row[k])
-    return rows
+    return mia_all(state, seed)
 
 
 def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
