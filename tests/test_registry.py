@@ -119,3 +119,39 @@ def test_dataset_help_comes_from_the_registry():
     out = subprocess.run([sys.executable, "-m", "cluctl.cli.main", "learn", "--help"], capture_output=True,
                          text=True, env={"COLUMNS": "400", "PATH": ""}).stdout
     assert registry.choices() in out
+
+
+def test_every_reader_of_a_results_folder_takes_k_from_one_rule(tmp_path):
+    """A results folder whose summary.json has no "k": the plots' reader, evaluate --metrics
+    (recomputing without metrics.csv) and run_metrics all use the registered dataset's
+    classes / tasks (cifar100, 20 tasks: k = 5, chance 0.2), not a default of 2."""
+    import json
+
+    import numpy as np
+
+    from cluctl.launch import run_metrics
+    from cluctl.metrics import clu_mix
+    from cluctl.plots.results import classes_per_task, load_results
+
+    from conftest import run_cli
+
+    assert classes_per_task({"dataset": "cifar100", "n_tasks": 20}) == 5
+    assert classes_per_task({"k": 4, "dataset": "cifar100", "n_tasks": 20}) == 4
+    assert classes_per_task({"dataset": "npz:/x.npz", "n_tasks": 3}) is None
+    ops = ["L0", "L1", "U1"]
+    rng = np.random.default_rng(0)
+    train = rng.uniform(0.25, 0.45, (3, 20))  # between chance for k = 5 (0.2) and k = 2 (0.5)
+    test = rng.uniform(0.25, 0.45, (3, 20))
+    out = tmp_path / "res"
+    (out / "seed-0").mkdir(parents=True)
+    for name, m in (("test_acc", test), ("train_acc", train), ("test_conf", test), ("train_conf", train)):
+        rows = ["op," + ",".join(map(str, range(20)))] + [f"{o}," + ",".join(repr(float(v)) for v in r) for o, r in zip(ops, m)]
+        (out / "seed-0" / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    (out / "summary.json").write_text(json.dumps({"run": "r", "dataset": "cifar100", "n_tasks": 20, "ops": ops,
+                                                  "seeds": [{"seed": 0}], "mean": {}, "std": {}}))
+    want = clu_mix(ops, train, k=5)[-1]
+    assert want != clu_mix(ops, train, k=2)[-1]
+    assert load_results(str(out)).k == 5
+    assert run_metrics(out)["rows"][-1]["clu_mix"] == pytest.approx(want)
+    p = run_cli(["evaluate", str(out), "--metrics", "--json"], check=0)
+    assert json.loads(p.stdout)["per_op"][-1]["clu_mix"] == pytest.approx(want)

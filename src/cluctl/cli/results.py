@@ -14,6 +14,16 @@ from .common import print_json
 COLS = ("retain_acc", "forget_acc", "tow", "clu_mix")
 
 
+def _k(summary: dict) -> int:
+    from ..plots.results import classes_per_task
+
+    k = classes_per_task(summary)
+    if k is None:
+        raise UsageError("summary.json gives neither k nor a known dataset and number of tasks",
+                         "rebuild it with `cluctl launch --aggregate-only --resume RUN`")
+    return k
+
+
 def _per_op(folder: Path, summary: dict, reference: str = "prefix", **kw):
     import numpy as np
     import pandas as pd
@@ -39,7 +49,7 @@ def _per_op(folder: Path, summary: dict, reference: str = "prefix", **kw):
             train = pd.read_csv(sd / "train_acc.csv")
             ops = test["op"].tolist()
             t = per_op_table(ops, test.drop(columns="op").to_numpy(), train.drop(columns="op").to_numpy(),
-                             int(summary.get("k") or 2))
+                             _k(summary))
             t.insert(0, "row", range(len(ops)))
             t.insert(0, "seed", int(sd.name.split("-", 1)[1]))
             frames.append(t)

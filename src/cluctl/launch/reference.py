@@ -148,7 +148,12 @@ def run_metrics(results, reference: str = "prefix", store=None, device: str | No
     except (OSError, ValueError):
         raise UsageError(f"{folder} is not a launch results folder (no readable summary.json)",
                          "pass the folder `cluctl launch` wrote, e.g. results/<run>/") from None
-    k = int(summary.get("k") or 2)
+    from ..plots.results import classes_per_task
+
+    k = classes_per_task(summary)
+    if k is None:
+        raise UsageError(f"{folder}/summary.json gives neither k nor a known dataset and number of tasks",
+                         "rebuild it with `cluctl launch --aggregate-only --resume RUN`")
     n_tasks = int(summary.get("n_tasks") or 0)
     st = open_store(store) if reference == "retrain" else None
     execution = {"device": device, "data_root": data_root, "download": download, "threads": threads, "impl": impl}

@@ -27,7 +27,7 @@ import pandas as pd
 
 from cluctl.errors import UsageError
 
-__all__ = ["Results", "load_results", "summary_value", "TABLES"]
+__all__ = ["Results", "load_results", "summary_value", "TABLES", "classes_per_task"]
 
 #: the four per-seed tables, by attribute name -> file name
 TABLES = {
@@ -36,6 +36,20 @@ TABLES = {
     "train_acc": "train_acc.csv",
     "train_conf": "train_conf.csv",
 }
+
+def classes_per_task(summary: dict, n_tasks: int | None = None) -> int | None:
+    """k of a results folder: summary.json's "k", else the registered dataset's classes
+    divided by the number of tasks (the one rule every reader of a results folder uses)."""
+    k = summary.get("k")
+    if isinstance(k, (int, float)) and not isinstance(k, bool) and k >= 1:
+        return int(k)
+    n_tasks = n_tasks or summary.get("n_tasks")
+    dataset = summary.get("dataset") or (summary.get("config") or {}).get("dataset") or "?"
+    classes = _dataset_classes(str(dataset))
+    if classes and isinstance(n_tasks, int) and n_tasks >= 1 and classes % n_tasks == 0:
+        return classes // n_tasks
+    return None
+
 
 def _dataset_classes(name: str) -> int | None:
     """Classes of a registered dataset (to recover k = C / N when summary.json lacks "k")."""
@@ -269,11 +283,7 @@ def load_results(path: str) -> Results:
         ops = _merge_labels(seed_ops, n_ops)
 
     dataset = summary.get("dataset") or (summary.get("config") or {}).get("dataset") or "?"
-    k = summary.get("k")
-    if not (isinstance(k, (int, float)) and not isinstance(k, bool) and k >= 1):
-        classes = _dataset_classes(str(dataset))
-        k = classes // n_tasks if classes and classes % n_tasks == 0 else None
-    k = int(k) if k else None
+    k = classes_per_task(summary, n_tasks)
 
     run = str(summary.get("run") or os.path.basename(os.path.normpath(path)))
     algo = summary.get("algo") or (summary.get("config") or {}).get("algo")
