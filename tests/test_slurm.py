@@ -38,7 +38,7 @@ SBIN_PATH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
 
 def tiny(epochs: int = 1) -> list[str]:
     return ["--sequence", "A4", "--dataset", "digits", "--model", "mlp", "--width", "32", "--epochs", str(epochs),
-            "--memories", "32", "--learn-buffer-type", "first", "--unlearn-buffer-type", "same", "--threads", "1"]
+            "--memories", "32", "--learn-buffer-type", "random", "--unlearn-buffer-type", "random", "--threads", "1"]
 
 
 TINY = tiny()
