@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cluctl"
 # higher imports lower, never the other way; modules of one layer do not import each other
 LAYERS = {
     "errors": 0, "atomic": 0,
-    "cluctl": 1, "config": 1, "devices": 1, "faults": 1,
+    "cluctl": 1, "config": 1, "devices": 1, "faults": 1, "masking": 1,
     "grads": 2, "projection": 2, "metrics": 2, "sequences": 2,
     "refs": 3, "models": 3, "data": 3, "store": 3,
     "learning": 4, "unlearning": 4,

@@ -39,6 +39,7 @@ from .grads import (
 )
 from .refs import RefContext
 from .learning import get as get_learn_algo
+from .masking import task_logits
 from .models import build_model
 from .unlearning import SalUn
 from .unlearning import get as get_unlearn_algo
@@ -408,7 +409,7 @@ def _accuracy(state: State, batch: TaskBatch) -> float:
     model.eval()
     with torch.inference_mode():
         logits = model(batch.x)
-        pred = torch.gather(logits, 1, batch.classes.reshape(1, -1).expand(len(batch.y), -1)).argmax(1)
+        pred = task_logits(logits, batch.classes).argmax(1)
         acc = (pred == batch.y).float().mean().item()
     model.train(was)
     return acc
@@ -571,7 +572,7 @@ def evaluate_state(state: State) -> dict[str, np.ndarray]:
                 res[f"{split}_conf"][t] = float("nan")
                 continue
             lut = _lookup(state.dataset.num_classes, cls, state.device)
-            lg = logits[sel][:, torch.tensor(cls, device=state.device)]
+            lg = task_logits(logits[sel], torch.tensor(cls, device=state.device))
             prob = torch.softmax(lg, 1)
             conf, pred = prob.max(1)
             res[f"{split}_acc"][t] = (pred == lut[y[sel]]).float().mean().item()
@@ -589,7 +590,7 @@ def per_sample_losses(state: State, indices, task: int, split: str = "train") ->
     lut = _lookup(state.dataset.num_classes, cls, state.device)
     was = state.model.training
     state.model.eval()
-    lg = _logits(state.model, x[idx]).float()[:, torch.tensor(cls, device=state.device)]
+    lg = task_logits(_logits(state.model, x[idx]).float(), torch.tensor(cls, device=state.device))
     state.model.train(was)
     yt = lut[y[idx]]
     loss = torch.nn.functional.cross_entropy(lg, yt, reduction="none")

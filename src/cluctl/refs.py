@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .grads import TaskBatch, batch_grad, ref_grads
+from .grads import options as grad_options
+from .masking import class_index, masked_ce
 
 
 @dataclass
@@ -38,13 +40,12 @@ class RefContext:
         for b in self.batches:
             xs.append(b.x)
             ys.append(b.y)
-            cl.append(b.classes.reshape(1, -1).expand(len(b.y), -1))
+            cl.append(class_index(b.classes, len(b.y)))
         X, Y, C = torch.cat(xs), torch.cat(ys), torch.cat(cl)
         pick = torch.randperm(len(Y), generator=self.gen)[: max(2, m)].to(X.device)
 
         def loss(model):
-            logits = model(X[pick])
-            return torch.nn.functional.cross_entropy(torch.gather(logits, 1, C[pick]), Y[pick])
+            return masked_ce(model(X[pick]), Y[pick], C[pick])  # C: per-sample classes
 
         g, _ = batch_grad(self.model, loss, update_bn=_ref_bn_update())
         self._pooled[m] = g
@@ -52,9 +53,7 @@ class RefContext:
 
 
 def _ref_bn_update() -> bool:
-    from . import grads
-
-    return grads.REF_BN_UPDATE  # read at call time (benchmarks flip it)
+    return grad_options.REF_BN_UPDATE  # read at call time (benchmarks flip it)
 
 
 __all__ = ["RefContext"]

@@ -1,4 +1,4 @@
-"""Networks and task masking.
+"""Networks, and task masking (re-exported from :mod:`cluctl.masking`, its one implementation).
 
     from cluctl.models import build_model, masked_loss, masked_predict
     torch.manual_seed(seed)
@@ -6,8 +6,8 @@
     loss = masked_loss(net(x), y, classes)
 """
 
+from cluctl.masking import masked_logits, masked_loss, masked_predict, masked_targets
 from cluctl.models.build import DEFAULT_WIDTHS, MODEL_KINDS, build_model, canonical_kind, param_count
-from cluctl.models.masking import masked_logits, masked_loss, masked_predict, masked_targets
 from cluctl.models.nets import MLP, BasicBlock, ResNet18
 
 __all__ = [

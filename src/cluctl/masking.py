@@ -1,9 +1,24 @@
-"""Task masking (one output per class; task t only uses its k classes' logits).
+"""Task masking, the one implementation (one output per class; a task uses only its k
+classes' logits).
 
-For a task with classes ``[c0, .., ck-1]`` the network's logits are restricted to
-those k columns, in that order: the loss is cross-entropy over the k logits with
-the target being the label's position in ``classes``, the prediction is the
-argmax among them and the confidence is their softmax.
+For a task with classes ``[c0, .., ck-1]`` the network's logits are restricted to those k
+columns, in that order: the loss is cross-entropy over the k logits with the target being
+the label's position in ``classes``, the prediction is the argmax among them and the
+confidence is their softmax.
+
+Two levels, one primitive (:func:`task_logits`, a ``torch.gather`` along the class axis):
+
+- hot paths (training steps, the grouped and vmap reference gradients, evaluation) pass
+  class ids as tensors already on the device and targets already as positions 0..k-1:
+  :func:`task_logits`, :func:`masked_ce`, and :func:`class_index` for the per-sample index
+  matrix of a concatenation of tasks (row i: the classes of sample i's task). Nothing is
+  validated there (no host synchronisation).
+- :func:`masked_logits`, :func:`masked_targets`, :func:`masked_loss` and
+  :func:`masked_predict` take class ids as any sequence and raw labels, and check them
+  (``UsageError``); they are re-exported by :mod:`cluctl.models`.
+
+This module sits below ``grads`` and ``models`` (tests/test_layers.py): it imports only
+``errors``.
 """
 
 from __future__ import annotations
@@ -16,9 +31,38 @@ import torch.nn.functional as F
 
 from cluctl.errors import UsageError
 
-__all__ = ["masked_logits", "masked_loss", "masked_predict", "masked_targets"]
+__all__ = ["class_index", "task_logits", "masked_ce", "masked_logits", "masked_loss", "masked_predict",
+           "masked_targets"]
 
 Classes = Sequence[int] | torch.Tensor
+
+
+# ---------------------------------------------------------------- hot path (tensors, no checks)
+
+
+def class_index(classes: torch.Tensor, n: int) -> torch.Tensor:
+    """The n x k index matrix of n samples of one task (a broadcast view of ``classes``);
+    ``torch.cat`` of several gives the per-sample matrix of a concatenation of tasks."""
+    return classes.reshape(1, -1).expand(n, -1)
+
+
+def task_logits(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The task's columns of ``logits`` (N x C), in the order of ``classes``: N x k.
+
+    ``classes`` is a 1-D tensor of k class ids (every row belongs to that task) or an
+    N x k per-sample index matrix (:func:`class_index`; row i: the classes of sample i's
+    task), int64 on ``logits``' device."""
+    idx = classes if classes.dim() == 2 else class_index(classes, logits.shape[0])
+    return torch.gather(logits, 1, idx)
+
+
+def masked_ce(logits: torch.Tensor, y: torch.Tensor, classes: torch.Tensor, reduction: str = "mean"):
+    """Cross-entropy over a task's k logits; ``y`` already holds positions 0..k-1 and
+    ``classes`` is as in :func:`task_logits` (one task, or a per-sample matrix)."""
+    return F.cross_entropy(task_logits(logits, classes), y, reduction=reduction)
+
+
+# ---------------------------------------------------------------- checked (any sequence, raw labels)
 
 
 def _class_tuple(classes: Classes) -> tuple[int, ...]:
@@ -44,9 +88,9 @@ def _tables(cls: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, t
 
 
 def masked_logits(logits: torch.Tensor, classes: Classes) -> torch.Tensor:
-    """``logits[:, classes]``: N x k."""
+    """``logits[:, classes]``: N x k (``classes`` checked)."""
     index, _ = _tables(_class_tuple(classes), logits.device)
-    return logits.index_select(1, index)
+    return task_logits(logits, index)
 
 
 def masked_targets(y: torch.Tensor, classes: Classes) -> torch.Tensor:
