@@ -1,9 +1,14 @@
-"""Atomic file writes outside the store (results folders, figures): a uniquely named temp
-file in the target's folder (``.<name>.<host>.<pid>.<random>.tmp``, which
-:func:`cluctl.launch.results.clean_dead_temp_files` recognises), fsync, ``os.replace``, and
-an fsync of the folder; the temp file is removed on any failure. Readers see the old file or
-the new one, never a part. (The store writes its objects and refs the same way through its
-own ``tmp/`` folder, with its fault-injection points: ``Store._atomic_write``.)"""
+"""Atomic file writes, the one implementation: a uniquely named temp file, fsync,
+``os.replace`` onto the target, an fsync of the folder; the temp file is removed on any
+failure (a SIGKILL leaves it for the cleaners). Readers see the old file or the new one,
+never a part.
+
+- :func:`write_bytes` / :func:`write_text`: results folders and figures; the temp file sits
+  next to the target (``.<name>.<host>.<pid>.<random>.tmp``, which
+  :func:`cluctl.launch.results.clean_dead_temp_files` recognises).
+- :func:`write_atomic`: the general form. The store calls it with a temp path in its own
+  ``tmp/`` folder, its fault-injection hook half way through the bytes, and a callback that
+  makes a vanished ``tmp/`` again (``cluctl.store.core.Store._atomic_write``)."""
 
 from __future__ import annotations
 
@@ -11,30 +16,77 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from typing import Callable
 
 
 def temp_name(final: Path) -> Path:
     return final.parent / f".{final.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see the module docstring)."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(final)
+def _write_all(fd: int, data: memoryview) -> None:
+    while len(data):
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def write_atomic(final: str | os.PathLike, data: bytes | bytearray | memoryview, *, tmp: Path | None = None,
+                 mode: int = 0o666, midway: Callable[[], None] | None = None,
+                 on_missing_tmp_dir: Callable[[], None] | None = None, replace_retries: int = 5) -> None:
+    """Write ``data`` to ``final`` atomically.
+
+    ``tmp``: the temp file's path (default: next to ``final``, :func:`temp_name`); it is
+    created exclusively (``O_EXCL``), so two writers never share one. ``mode``: the file's
+    permissions (subject to the umask). ``midway``: called when half of the bytes are
+    written (fault injection). ``on_missing_tmp_dir``: called once when the temp file's
+    folder does not exist, before creating it (the store re-creates its layout there).
+    The target's folder is created when missing; a replace that fails because the folder
+    was removed meanwhile (a concurrent pruning of empty folders) is retried."""
+    final = Path(final)
+    tmp = temp_name(final) if tmp is None else Path(tmp)
+    view = memoryview(data).cast("B")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    fd = None
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        try:
+            fd = os.open(tmp, flags, mode)
+        except FileNotFoundError:
+            if on_missing_tmp_dir is not None:
+                on_missing_tmp_dir()
+            os.makedirs(tmp.parent, exist_ok=True)
+            fd = os.open(tmp, flags, mode)
+        half = len(view) // 2
+        _write_all(fd, view[:half])
+        if midway is not None:
+            midway()
+        _write_all(fd, view[half:])
+        os.fsync(fd)
+        os.close(fd)
+        fd = None
+        for attempt in range(max(1, replace_retries)):
+            os.makedirs(final.parent, exist_ok=True)
+            try:
+                os.replace(tmp, final)
+                break
+            except FileNotFoundError:
+                if attempt == replace_retries - 1 or not tmp.exists():
+                    raise
     except BaseException:
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
     fsync_dir(final.parent)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see the module docstring)."""
+    write_atomic(path, data)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -55,4 +107,4 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-__all__ = ["write_bytes", "write_text", "temp_name", "fsync_dir"]
+__all__ = ["write_atomic", "write_bytes", "write_text", "temp_name", "fsync_dir"]

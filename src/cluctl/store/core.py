@@ -7,7 +7,9 @@ Layout under ``root``::
     objects/<2 hex>/<62 hex>     immutable blobs, named by the sha256 of their bytes
     refs/<name>                  "<64 hex>\\n", names like runs/a4-neggem-3f9c2e1b/seed-0/op-07
     tombstones/<2 hex>/<62 hex>  JSON records of purged objects
-    tmp/                         temp files: <host>.<pid>.<random hex>.tmp
+    tmp/                         temp files: <host>.<pid>.<random hex>.tmp; gc's quarantine:
+                                 <host>.<pid>.<object id>.gc
+    journal/                     purge intents (cluctl.store.purge), made by the first purge
 
 No locks are used (NFS and Lustre make them lie).  Concurrency safety comes from
 content addressing plus ``os.replace`` of fully written, fsynced temp files: two
@@ -19,20 +21,32 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 import secrets
 import socket
+import stat as _stat
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from cluctl import faults
-from cluctl.atomic import fsync_dir
+from cluctl.atomic import fsync_dir, write_atomic
 from cluctl.errors import CorruptObject, NotFound, StoreError, UsageError
+from cluctl.store.base import (  # noqa: F401  (re-exported: cluctl.store.core was their home)
+    HEX,
+    HEX64,
+    GcReport,
+    NotRegularFile,
+    Problem,
+    VerifyResult,
+    canonical_json,
+    is_oid,
+    loads_json,
+    open_regular,
+    read_regular,
+)
 
 LAYOUT_VERSION = "1"
 CACHEDIR_TAG = (
@@ -42,27 +56,20 @@ CACHEDIR_TAG = (
 )
 _LAYOUT_ENTRIES = {"VERSION", "CACHEDIR.TAG", "objects", "refs", "tombstones", "tmp"}
 
-HEX64 = re.compile(r"[0-9a-f]{64}")
-_HEX = re.compile(r"[0-9a-f]+")
+_HEX = HEX
 _REF_COMPONENT = re.compile(r"[A-Za-z0-9._-]+")
+#: a ref file is "<64 hex>\n"; ref names longer than this are refused (most filesystems
+#: allow 255 bytes per component and 4096 per path)
+MAX_REF_NAME = 1024
+MAX_REF_COMPONENT = 200
 MIN_PREFIX = 8
 _CHUNK = 1 << 20
+# cluctl's own temp names in tmp/: writers' temp files and gc's quarantined objects
+_TEMP_NAME = re.compile(r"(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>[0-9]+)\.(?P<rand>[0-9a-f]+)\.tmp")
+_QUARANTINE_NAME = re.compile(r"(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>[0-9]+)\.(?P<oid>[0-9a-f]{64})\.gc")
 
 VERIFY_HINT = "run `cluctl store verify`; restore it from a copy or re-run the operation that made it"
 LS_HINT = "list them with `cluctl store ls`"
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The one byte serialisation of a JSON value used for ids (sorted keys, no spaces)."""
-    try:
-        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"cannot store this value as JSON: {e}", "use only dicts, lists, str, finite numbers, bools and None") from None
-    return text.encode("utf-8")
-
-
-def is_oid(text: object) -> bool:
-    return isinstance(text, str) and HEX64.fullmatch(text) is not None
 
 
 def _host_tag() -> str:
@@ -88,41 +95,20 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while len(data):
-        n = os.write(fd, data)
-        data = data[n:]
-
-
 _fsync_dir = fsync_dir  # one implementation (cluctl.atomic)
 
 
-@dataclass
-class Problem:
-    """One thing ``verify`` found wrong. ``object`` is an object id or a ref name."""
+class DanglingRef(NotFound):
+    """A ref whose target is neither in the store nor tombstoned (``.ref``, ``.oid``)."""
 
-    kind: str
-    object: str
-    message: str
-
-    def __str__(self) -> str:
-        return " ".join(self.message.split())
+    def __init__(self, ref: str, oid: str):
+        super().__init__(f"ref {ref} points to object {oid}, which is missing from the store",
+                         "redo the operation that wrote it, or delete the ref (`cluctl store rm-ref`)")
+        self.ref, self.oid = ref, oid
 
 
-class VerifyResult(list):
-    """The list of :class:`Problem` found by ``verify``; ``info`` holds one-line notes
-    (e.g. temp files of dead writers that were removed) that are not problems."""
-
-    def __init__(self, problems=(), info=None):
-        super().__init__(problems)
-        self.info: list[str] = list(info or [])
-
-
-@dataclass
-class GcReport:
-    removed: list[str] = field(default_factory=list)
-    bytes_freed: int = 0
-    spared_recent: int = 0
+class PurgedObject(StoreError):
+    """Writing an object whose id has a tombstone: it was erased on purpose."""
 
 
 # Stores this process created: (root, the topmost directory the creation made, None when
@@ -265,7 +251,7 @@ class Store:
 
     def _check_version(self, version_file: Path) -> None:
         try:
-            version = version_file.read_text(encoding="utf-8", errors="replace").strip()
+            version = read_regular(version_file, 64).decode("utf-8", errors="replace").strip()
         except OSError as e:
             raise StoreError(f"cannot read {version_file}: {e.strerror}") from None
         if version != LAYOUT_VERSION:
@@ -312,53 +298,35 @@ class Store:
     def _tmp_path(self) -> Path:
         return self.root / "tmp" / f"{self._host}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
 
-    def _atomic_write(self, final: Path, data: bytes | bytearray | memoryview, mode: int = 0o644, fault: bool = False) -> None:
-        """Write ``data`` to a temp file, fsync it, then ``os.replace`` it onto ``final``.
-        On any failure the temp file is removed (a SIGKILL leaves it for clean_temp)."""
-        tmp = self._tmp_path()
-        view = memoryview(data).cast("B")
-        fd = None
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    def _tmp_dir_ok(self) -> Path:
+        """The store's tmp/ folder, refused when it is not a real folder of the store (a
+        symlink to elsewhere is never followed: cluctl writes and deletes only inside the store)."""
+        tmp = self.root / "tmp"
         try:
-            try:
-                fd = os.open(tmp, flags, mode)
-            except FileNotFoundError:
-                # tmp/ is gone: the store this process opened while it was new and empty was
-                # discarded by another process's failed command (discard_new_stores); make
-                # the layout again so this write leaves a valid store
-                if final.parent != self.root and not (self.root / "VERSION").exists():
-                    self._create_layout()
-                os.makedirs(tmp.parent, exist_ok=True)
-                fd = os.open(tmp, flags, mode)
-            half = len(view) // 2
-            _write_all(fd, view[:half])
-            if fault:
-                faults.point("object-write-mid")
-            _write_all(fd, view[half:])
-            os.fsync(fd)
-            os.close(fd)
-            fd = None
-            for attempt in range(5):
-                os.makedirs(final.parent, exist_ok=True)
-                try:
-                    os.replace(tmp, final)
-                    break
-                except FileNotFoundError:
-                    # the parent dir was removed under us (delete_ref pruning); retry
-                    if attempt == 4 or not tmp.exists():
-                        raise
-        except BaseException:
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        _fsync_dir(final.parent)
+            st = os.lstat(tmp)
+        except FileNotFoundError:
+            return tmp
+        if _stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, f"{tmp} is a symbolic link (cluctl never follows it)", str(tmp))
+        if not _stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.ENOTDIR, f"{tmp} is not a directory", str(tmp))
+        return tmp
+
+    def _atomic_write(self, final: Path, data: bytes | bytearray | memoryview, mode: int = 0o644, fault: bool = False) -> None:
+        """Write ``data`` onto ``final`` through a temp file in tmp/ (cluctl.atomic.write_atomic).
+        On any failure the temp file is removed (a SIGKILL leaves it for clean_temp)."""
+        self._tmp_dir_ok()
+
+        def remake_layout() -> None:
+            # tmp/ is gone: the store this process opened while it was new and empty was
+            # discarded by another process's failed command (discard_new_stores); make the
+            # layout again so this write leaves a valid store
+            if final.parent != self.root and not (self.root / "VERSION").exists():
+                self._create_layout()
+
+        write_atomic(final, data, tmp=self._tmp_path(), mode=mode,
+                     midway=(lambda: faults.point("object-write-mid")) if fault else None,
+                     on_missing_tmp_dir=remake_layout)
 
     # ------------------------------------------------------------------ objects
     def _check_oid(self, oid: object) -> str:
@@ -376,6 +344,9 @@ class Store:
 
     def has_object(self, oid: str) -> bool:
         return self.object_path(oid).is_file()
+
+    def unreadable_error(self, oid: str, e: OSError) -> CorruptObject:
+        return CorruptObject(f"object {oid} cannot be read: {e.strerror or e}", VERIFY_HINT)
 
     def __contains__(self, oid: object) -> bool:
         return is_oid(oid) and self.has_object(oid)  # type: ignore[arg-type]
@@ -398,6 +369,14 @@ class Store:
         data = bytes(data) if not isinstance(data, bytes) else data
         oid = hashlib.sha256(data).hexdigest()
         path = self.object_path(oid)
+        if self.is_tombstoned(oid):
+            stone = self.get_tombstone(oid) or {}
+            raise PurgedObject(
+                f"object {oid} was purged ({stone.get('reason', 'no reason given')}, {stone.get('deleted_at', '?')}); "
+                f"writing it again would undo that erasure",
+                "the data it was made from is still outside the store: leave out what was erased "
+                "(e.g. --mem-scores computed without it, or --learn-buffer-type first/random)",
+            )
         if not self._existing_ok(path, oid):
             with self._writing(f"write object {oid}"):
                 self._atomic_write(path, data, mode=0o444, fault=True)
@@ -422,7 +401,7 @@ class Store:
     @staticmethod
     def _hash_file(path: Path) -> str:
         h = hashlib.sha256()
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             while chunk := f.read(_CHUNK):
                 h.update(chunk)
         return h.hexdigest()
@@ -432,10 +411,11 @@ class Store:
         oid = self._check_oid(oid)
         path = self.object_path(oid)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_regular(path, None)
         except (FileNotFoundError, NotADirectoryError):
             raise self.missing_error(oid) from None
+        except NotRegularFile as e:
+            raise self.unreadable_error(oid, e) from None
         except OSError as e:
             raise StoreError(f"cannot read object {oid}: {e.strerror}") from None
         actual = hashlib.sha256(data).hexdigest()
@@ -449,7 +429,7 @@ class Store:
     def get_json(self, oid: str) -> Any:
         data = self.get_bytes(oid)
         try:
-            return json.loads(data.decode("utf-8"))
+            return loads_json(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
             raise CorruptObject(f"object {oid} is not valid JSON ({e.__class__.__name__}: {e})", "it is not a JSON object; check which id you passed") from None
 
@@ -505,16 +485,18 @@ class Store:
         return record
 
     def is_tombstoned(self, oid: str) -> bool:
-        return self.tombstone_path(oid).is_file()
+        return os.path.lexists(self.tombstone_path(oid))
 
     def get_tombstone(self, oid: str) -> dict | None:
         path = self.tombstone_path(oid)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_regular(path).decode("utf-8")
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except (OSError, UnicodeDecodeError):
+            text = ""
         try:
-            record = json.loads(text)
+            record = loads_json(text)
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
         except ValueError:
@@ -550,7 +532,41 @@ class Store:
                     f"invalid ref name {name!r}: each /-separated part must match [A-Za-z0-9._-]+ and not be . or ..",
                     "use names like runs/<run>/seed-0/op-07 or tags/best",
                 )
+            if len(comp) > MAX_REF_COMPONENT:
+                raise UsageError(f"invalid ref name {name[:40]!r}...: a part is {len(comp)} characters long "
+                                 f"(at most {MAX_REF_COMPONENT})", "pick a shorter name")
+        if len(name) > MAX_REF_NAME:
+            raise UsageError(f"invalid ref name {name[:40]!r}...: it is {len(name)} characters long (at most {MAX_REF_NAME})",
+                             "pick a shorter name")
         return name
+
+    def check_ref_available(self, name: str) -> str:
+        """Check, before any work, that ``set_ref(name, ...)`` can succeed as far as the name
+        goes: a valid name that does not clash with an existing ref (``tags/a`` when
+        ``tags/a/b`` exists, or ``tags/a/b`` when ``tags/a`` is a ref). An existing ref of
+        that very name is fine (it is moved). Raises UsageError; returns ``name``."""
+        self.check_ref_name(name)
+        refs = self.root / "refs"
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            p = refs.joinpath(*parts[:i])
+            if os.path.lexists(p) and not p.is_dir():
+                raise UsageError(f"ref {name} conflicts with the existing ref {'/'.join(parts[:i])}", "pick another name or delete that ref")
+        path = refs / name
+        if path.is_dir() and not path.is_symlink():
+            try:
+                has_any = any(True for _ in os.scandir(path))
+            except OSError:
+                has_any = True
+            if has_any:
+                raise UsageError(f"ref {name} conflicts with existing refs under {name}/", "pick another name")
+        elif os.path.lexists(path) and not path.is_file():
+            raise UsageError(f"ref {name} exists but is not a regular file", f"delete refs/{name} by hand")
+        return name
+
+    def check_tag_name(self, tag: str) -> str:
+        """``check_ref_available("tags/" + tag)``: for ``--tag`` and ``store tag``, before any work."""
+        return self.check_ref_available(f"tags/{tag}")
 
     def _ref_path(self, name: str) -> Path:
         return self.root / "refs" / self.check_ref_name(name)
@@ -565,9 +581,11 @@ class Store:
 
     def _read_ref_file(self, name: str, path: Path) -> str | None:
         try:
-            raw = path.read_bytes()
+            raw = read_regular(path, 1024)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+        except OSError as e:
+            raise CorruptObject(f"ref {name} cannot be read: {e.strerror or e}", f"delete refs/{name} or point it somewhere valid again") from None
         text = raw.decode("ascii", errors="replace").strip()
         if not HEX64.fullmatch(text):
             raise CorruptObject(
@@ -579,28 +597,67 @@ class Store:
     def get_ref(self, name: str) -> str | None:
         return self._read_ref_file(name, self._ref_path(name))
 
+    def ref_state(self, name: str) -> str | None:
+        """None when there is no such ref, else what its target is: "present", "purged"
+        (tombstoned) or "dangling" (neither). A launch resuming a run redoes an operation
+        whose ref is dangling."""
+        oid = self.get_ref(name)
+        if oid is None:
+            return None
+        if self.has_object(oid):
+            return "present"
+        if self.is_tombstoned(oid):
+            return "purged"
+        if self._find_quarantined(oid):
+            return "present"
+        return "dangling"
+
     def set_ref(self, name: str, oid: str) -> None:
+        """Point ``name`` at ``oid``. The target and everything it links to are made young
+        again before the ref is written and checked again after it: gc (which quarantines
+        what it is about to delete, then reads the refs once more) can therefore never leave
+        this ref dangling; when gc took the object for good in between, the ref is taken
+        back and NotFound raised."""
         path = self._ref_path(name)
         oid = self._check_oid(oid)
-        if not self.has_object(oid) and not self.is_tombstoned(oid):
+        if not self.has_object(oid) and not self.is_tombstoned(oid) and not self._find_quarantined(oid):
             raise NotFound(f"cannot point ref {name} at {oid}: no such object in the store", LS_HINT)
+        self.check_ref_available(name)
+        before = self.keep([oid])
         refs = self.root / "refs"
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            p = refs.joinpath(*parts[:i])
-            if p.is_file():
-                raise UsageError(f"ref {name} conflicts with the existing ref {'/'.join(parts[:i])}", "pick another name or delete that ref")
+        made = [p for p in (refs.joinpath(*name.split("/")[:i]) for i in range(1, name.count("/") + 1)) if not p.exists()]
         if path.is_dir():
             try:
                 os.rmdir(path)
             except OSError:
                 raise UsageError(f"ref {name} conflicts with existing refs under {name}/", "pick another name") from None
-        with self._writing(f"write ref {name}"):
-            self._atomic_write(path, (oid + "\n").encode("ascii"))
+        try:
+            with self._writing(f"write ref {name}"):
+                self._atomic_write(path, (oid + "\n").encode("ascii"))
+        except BaseException:
+            for d in reversed(made):  # a failed write leaves no empty folders behind
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
+            raise
+        faults.point("after-ref-write")
+        try:
+            lost = before - self.keep([oid])
+        except NotFound:
+            lost = {oid}
+        if lost:
+            try:
+                if self.get_ref(name) == oid:
+                    self.delete_ref(name, missing_ok=True)
+            except (CorruptObject, StoreError, UsageError):
+                pass
+            raise NotFound(f"cannot point ref {name} at {oid}: a concurrent `store gc` removed it (or what it links to)",
+                           "nothing was tagged; re-run the operation that made the object") from None
 
     def delete_ref(self, name: str, missing_ok: bool = False) -> None:
         path = self._ref_path(name)
-        if not path.is_file():
+        if not os.path.lexists(path) or path.is_dir():
             if missing_ok:
                 return
             raise NotFound(f"no ref named {name}", LS_HINT)
@@ -619,6 +676,8 @@ class Store:
                 parent = parent.parent
 
     def _iter_ref_files(self) -> Iterator[tuple[str, Path]]:
+        """Every entry under refs/ that is not a directory (symlinks, FIFOs... included:
+        reading them is refused, not skipped)."""
         base = self.root / "refs"
         for dirpath, dirs, files in os.walk(base):
             dirs.sort()
@@ -627,16 +686,84 @@ class Store:
                 name = fname if rel == "." else f"{rel.replace(os.sep, '/')}/{fname}"
                 yield name, Path(dirpath) / fname
 
-    def list_refs(self, prefix: str = "") -> dict[str, str]:
-        """All refs whose name starts with ``prefix``, sorted by name. A corrupt ref raises."""
+    def list_refs(self, prefix: str = "", skip_dangling: bool = False) -> dict[str, str]:
+        """All refs whose name starts with ``prefix``, sorted by name. A corrupt ref raises.
+        ``skip_dangling``: leave out refs whose target is neither present nor tombstoned."""
         out: dict[str, str] = {}
         for name, path in self._iter_ref_files():
             if not name.startswith(prefix) or not self._is_valid_ref_name(name):
                 continue
             oid = self._read_ref_file(name, path)
             if oid is not None:
+                if skip_dangling and not (self.has_object(oid) or self.is_tombstoned(oid)):
+                    continue
                 out[name] = oid
         return dict(sorted(out.items()))
+
+    # ------------------------------------------------------------------ keeping objects alive
+    def _find_quarantined(self, oid: str) -> Path | None:
+        """The path of ``oid`` in a gc's quarantine (tmp/<host>.<pid>.<oid>.gc), if any."""
+        tmp = self.root / "tmp"
+        try:
+            names = os.listdir(tmp)
+        except OSError:
+            return None
+        for n in names:
+            if n.endswith(f".{oid}.gc") and _QUARANTINE_NAME.fullmatch(n):
+                return tmp / n
+        return None
+
+    def _restore_quarantined(self, oid: str) -> bool:
+        """Move ``oid`` back from a gc's quarantine into objects/; True when it is there now."""
+        q = self._find_quarantined(oid)
+        if q is None:
+            return False
+        final = self.object_path(oid)
+        try:
+            os.makedirs(final.parent, exist_ok=True)
+            os.rename(q, final)
+        except FileNotFoundError:
+            pass  # gc moved it back or deleted it meanwhile
+        return final.is_file()
+
+    def keep(self, oids: Iterable[str], missing_ok: bool = False) -> set[str]:
+        """Make each object, and everything it links to, present and young: refresh its mtime
+        (gc spares objects younger than its grace period, and what they link to) and bring it
+        back from a running gc's quarantine. Returns the ids found present. Tombstoned
+        objects and links that are already broken are skipped (broken links are verify's
+        business); a missing object of ``oids`` raises NotFound unless ``missing_ok``. Called
+        by writers that reference existing objects (set_ref, save_checkpoint)."""
+        from cluctl.store.maintenance import links_of
+
+        seen: set[str] = set()
+        present_ids: set[str] = set()
+        top = [self._check_oid(o) for o in oids]
+        stack = list(top)
+        while stack:
+            oid = stack.pop()
+            if oid in seen:
+                continue
+            seen.add(oid)
+            path = self.object_path(oid)
+            try:
+                os.utime(path)
+                present = True
+            except FileNotFoundError:
+                present = self._restore_quarantined(oid)
+                if present:
+                    try:
+                        os.utime(path)
+                    except OSError:
+                        pass
+            except OSError:  # another user's object, a read-only store: present, cannot freshen
+                present = path.is_file()
+            if not present:
+                if oid in top and not missing_ok and not self.is_tombstoned(oid):
+                    raise NotFound(f"no object {oid} in the store at {self.root}", LS_HINT)
+                continue
+            present_ids.add(oid)
+            stack.extend(x for x in links_of(self, oid) if x not in seen)
+        return present_ids
 
     # ------------------------------------------------------------------ resolution
     def resolve(self, ref_or_id: str) -> str:
@@ -649,7 +776,7 @@ class Store:
             if self._is_valid_ref_name(name):
                 oid = self.get_ref(name)
                 if oid is not None:
-                    if self.has_object(oid):
+                    if self.has_object(oid) or self._restore_quarantined(oid):
                         return oid
                     stone = self.get_tombstone(oid)
                     if stone is not None:
@@ -657,7 +784,7 @@ class Store:
                             f"ref {name} points to object {oid}, which was purged ({stone.get('reason', 'no reason given')})",
                             "purged objects cannot be read; its tombstone records why",
                         )
-                    raise NotFound(f"ref {name} points to object {oid}, which is missing from the store", VERIFY_HINT)
+                    raise DanglingRef(name, oid)
         low = text.lower()
         if HEX64.fullmatch(low):
             if self.has_object(low):
@@ -689,32 +816,44 @@ class Store:
 
     # ------------------------------------------------------------------ maintenance
     def clean_temp(self, max_age_s: float = 3600) -> list[Path]:
-        """Remove temp files whose writer is dead (same host, pid gone) or, for other
-        hosts and unparseable names, older than ``max_age_s``. Returns removed paths."""
-        base = self.root / "tmp"
+        """Remove temp files whose writer is dead (same host, pid gone) or, for other hosts,
+        older than ``max_age_s``; move objects a dead gc had quarantined back into objects/
+        (a crashed gc loses nothing). Only regular files whose names are cluctl's own temp
+        names are touched; anything else in tmp/ is left alone, and a tmp/ that is a symlink
+        is not followed at all. Returns the temp files removed."""
         try:
+            base = self._tmp_dir_ok()
             names = sorted(os.listdir(base))
         except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError:
             return []
         now = time.time()
         removed: list[Path] = []
         for name in names:
             path = base / name
-            parts = name.split(".")
-            stale = False
-            if len(parts) == 4 and parts[3] == "tmp" and parts[1].isdigit() and parts[0] == self._host:
-                stale = not _pid_alive(int(parts[1]))
+            m = _TEMP_NAME.fullmatch(name)
+            q = _QUARANTINE_NAME.fullmatch(name) if m is None else None
+            if m is None and q is None:
+                continue  # not a name cluctl uses: not ours to delete
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not _stat.S_ISREG(st.st_mode):
+                continue
+            mm = m or q
+            if mm.group("host") == self._host:
+                stale = not _pid_alive(int(mm.group("pid")))
             else:
-                try:
-                    stale = now - path.lstat().st_mtime > max_age_s
-                except FileNotFoundError:
-                    continue
+                stale = now - st.st_mtime > max_age_s
             if not stale:
+                continue
+            if q is not None:
+                self._restore_quarantined(q.group("oid"))
                 continue
             with self._writing(f"remove temp file {name}"):
                 try:
-                    if path.is_dir() and not path.is_symlink():
-                        continue
                     os.unlink(path)
                 except FileNotFoundError:
                     continue
