@@ -179,10 +179,25 @@ def tag(
     Example: cluctl store tag learned-all 3f9c2e1b
     """
     st = open_store(store, must_exist=True)
-    st.check_ref_name(f"tags/{name}")
+    st.check_tag_name(name)  # a bad or clashing name fails before anything is written
     oid = st.resolve(ref)
     st.set_ref(f"tags/{name}", oid)
     typer.echo(oid)
+
+
+@app.command("rm-ref")
+def rm_ref(
+    name: str = typer.Argument(..., help="The ref to delete (e.g. tags/old, or a dangling runs/<run>/seed-0/op-003)."),
+    store: Optional[str] = StoreOpt,
+):
+    """Delete one ref (not the object it points at; `store gc` collects unreachable objects).
+
+    Example: cluctl store rm-ref tags/old
+    """
+    st = open_store(store, must_exist=True)
+    name = name[len("refs/"):] if name.startswith("refs/") else name
+    st.delete_ref(name)
+    err.print(f"deleted ref {name}", markup=False)
 
 
 @app.command()
@@ -262,7 +277,10 @@ def purge(
     dirs = results_dirs_for_run(st, run) if run else []
     rep = purge_task(st, task, run=run, ref=ref, dry_run=dry_run, results_dirs=dirs)
     verb = "would remove" if dry_run else "removed"
-    for kind, ids in (("checkpoint", rep.checkpoints), ("manifest", rep.manifests), ("scores", rep.scores)):
+    for what in rep.completed:
+        err.print(f"completed the interrupted purge of {what}", markup=False)
+    for kind, ids in (("checkpoint", rep.checkpoints), ("manifest", rep.manifests), ("scores", rep.scores),
+                      ("purged object written again", rep.purged_again)):
         for oid in ids:
             typer.echo(f"{verb} {kind} {oid}")
     for oid in rep.derived_objects:

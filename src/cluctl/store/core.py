@@ -477,6 +477,7 @@ class Store:
         record.update({"id": oid, "reason": str(reason), "deleted_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         with self._writing(f"purge object {oid}"):
             self._atomic_write(self.tombstone_path(oid), canonical_json(record) + b"\n")
+            faults.point("tombstone-written")
             try:
                 os.unlink(path)
             except FileNotFoundError:

@@ -128,9 +128,9 @@ def links_of(store, oid: str, path=None) -> set[str]:
 
 
 # ---------------------------------------------------------------------- journal
-def read_intents(store) -> list[tuple[Path, dict | None]]:
+def read_intents(store_or_root) -> list[tuple[Path, dict | None]]:
     """(path, record) of every purge intent in journal/; record None when unreadable."""
-    base = store.root / JOURNAL
+    base = Path(getattr(store_or_root, "root", store_or_root)) / JOURNAL
     try:
         names = sorted(os.listdir(base))
     except OSError:
