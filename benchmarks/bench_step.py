@@ -100,29 +100,60 @@ def _sync(device):
 def impl_variant(name: str):
     """classic/fast as the engine's ``impl``; vmap and fast-nocl patch the fast path."""
     import cluctl.grads as G
+    from cluctl.grads import dispatch, options
 
     if name in ("classic", "fast"):
         yield name
         return
-    saved_fast, saved_opts = G.ref_grads_fast, dict(G.FAST_OPTIONS)
+    # the fast path is swapped where ref_grads calls it; the tunables live in grads.options
+    saved_fast, saved_opts = dispatch.ref_grads_fast, dict(options.FAST_OPTIONS)
     prec = None
     if name == "vmap":
-        G.ref_grads_fast = lambda model, batches, chunk_samples=None: G.ref_grads_vmap(model, batches)
+        dispatch.ref_grads_fast = lambda model, batches, chunk_samples=None: G.ref_grads_vmap(model, batches)
     elif name == "fast-nocl":
-        G.FAST_OPTIONS["channels_last"] = False
+        options.FAST_OPTIONS["channels_last"] = False
     elif name == "fast-nograph":
-        G.FAST_OPTIONS["cuda_graphs"] = False
+        options.FAST_OPTIONS["cuda_graphs"] = False
     elif name == "fast-bf16":
         prec = "bf16"
     elif name == "fast-cudnnbench":
-        G.FAST_OPTIONS["cudnn_benchmark"] = True
+        options.FAST_OPTIONS["cudnn_benchmark"] = True
     try:
         with G.forward_precision(prec):
             yield "fast"
     finally:
-        G.ref_grads_fast = saved_fast
-        G.FAST_OPTIONS.clear()
-        G.FAST_OPTIONS.update(saved_opts)
+        dispatch.ref_grads_fast = saved_fast
+        options.FAST_OPTIONS.clear()
+        options.FAST_OPTIONS.update(saved_opts)
+
+
+def _task_batch(state, task: int, indices):
+    """The TaskBatch engine.learn_task/unlearn_task build for ``task``'s ``indices`` (its
+    samples on the device, labels as positions among the task's classes), from public API."""
+    import torch
+
+    from cluctl.engine import device_data
+    from cluctl.grads import TaskBatch
+    from cluctl.masking import masked_targets
+
+    x_tr, y_tr, _, _ = device_data(state.dataset, state.device)
+    idx = torch.as_tensor(indices, dtype=torch.long).to(state.device)
+    cls = state.classes(task)
+    return TaskBatch(x_tr[idx], masked_targets(y_tr[idx], cls), torch.tensor(cls, device=state.device))
+
+
+def _check_accuracy(model, batch) -> float:
+    """engine.unlearn_task's stop-rule check: masked accuracy on a buffer, in eval mode."""
+    import torch
+
+    from cluctl.masking import task_accuracy
+
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        acc = task_accuracy(model(batch.x), batch.y, batch.classes).item()
+    model.train(was)
+    return acc
 
 
 class Bench:
@@ -158,8 +189,6 @@ class Bench:
     def setup(self, T: int):
         """Tasks 0..T learned (T is the one being learned / forgotten)."""
         import torch
-
-        from cluctl.engine import _task_batch
 
         st = self.state
         st.learned = list(range(T + 1))
@@ -218,7 +247,6 @@ class Bench:
         """engine.unlearn_task's per-step body for NegGEM (stop-rule check included)."""
         import torch
 
-        from cluctl.engine import _accuracy
         from cluctl.grads import apply_update, batch_grad, masked_ce, param_list
         from cluctl.learning import RefContext
         from cluctl.unlearning import get as get_unlearn_algo
@@ -232,7 +260,7 @@ class Bench:
         params = param_list(st.model)
         _sync(dev)
         t0 = time.perf_counter()
-        _accuracy(st, self.check_batch)
+        _check_accuracy(st.model, self.check_batch)
         _sync(dev)
         t1 = time.perf_counter()
         fx = torch.cat([self.u_batch.x[iu], self.l_batch.x[il]])

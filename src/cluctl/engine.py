@@ -39,7 +39,7 @@ from .grads import (
 )
 from .refs import RefContext
 from .learning import get as get_learn_algo
-from .masking import task_logits
+from .masking import task_accuracy, task_logits
 from .models import build_model
 from .unlearning import SalUn
 from .unlearning import get as get_unlearn_algo
@@ -409,8 +409,7 @@ def _accuracy(state: State, batch: TaskBatch) -> float:
     model.eval()
     with torch.inference_mode():
         logits = model(batch.x)
-        pred = task_logits(logits, batch.classes).argmax(1)
-        acc = (pred == batch.y).float().mean().item()
+        acc = task_accuracy(logits, batch.y, batch.classes).item()
     model.train(was)
     return acc
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from cluctl.errors import UsageError
 
-__all__ = ["class_index", "task_logits", "masked_ce", "masked_logits", "masked_loss", "masked_predict",
+__all__ = ["class_index", "task_logits", "masked_ce", "task_accuracy", "masked_logits", "masked_loss", "masked_predict",
            "masked_targets"]
 
 Classes = Sequence[int] | torch.Tensor
@@ -60,6 +60,12 @@ def masked_ce(logits: torch.Tensor, y: torch.Tensor, classes: torch.Tensor, redu
     """Cross-entropy over a task's k logits; ``y`` already holds positions 0..k-1 and
     ``classes`` is as in :func:`task_logits` (one task, or a per-sample matrix)."""
     return F.cross_entropy(task_logits(logits, classes), y, reduction=reduction)
+
+
+def task_accuracy(logits: torch.Tensor, y: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Fraction (a 0-d float tensor) of rows whose argmax among the task's logits is ``y``
+    (positions 0..k-1); ``classes`` as in :func:`task_logits`."""
+    return (task_logits(logits, classes).argmax(1) == y).float().mean()
 
 
 # ---------------------------------------------------------------- checked (any sequence, raw labels)

@@ -74,7 +74,7 @@ from __future__ import annotations
 import sys
 import types
 
-from . import classic, core, cudagraphs, dispatch, grouped, grouped_ops, options, precision, vmap
+from . import cudagraphs, dispatch, grouped, grouped_ops, options, precision
 from .classic import ref_grads_classic
 from .core import TaskBatch, apply_update, batch_grad, flat_grad, masked_ce, n_params, param_list, reference_mode
 from .cudagraphs import GraphedRefGrads, release_graphs

@@ -13,10 +13,10 @@ import torch
 import torch.nn as nn
 
 from . import cudagraphs as _cg
+from . import grouped as _grouped
 from .classic import ref_grads_classic
 from .core import TaskBatch, n_params, param_list
 from .cudagraphs import _graphed_ref_grads, _want_cuda_graphs, release_graphs
-from . import grouped as _grouped
 from .grouped import ref_grads_grouped
 from .grouped_ops import _Unsupported
 from .vmap import ref_grads_vmap
@@ -32,7 +32,7 @@ def clear_cache() -> None:
 
 
 def ref_grads_fast(model: nn.Module, batches: list[TaskBatch], chunk_samples: int | None = None) -> torch.Tensor:
-    """All retained tasks' reference gradients together, [t, p] (see the module docstring).
+    """All retained tasks' reference gradients together, [t, p] (see the package docstring).
     ``chunk_samples`` is accepted for compatibility; memory is bounded by
     ``FAST_OPTIONS["chunk_mb"]``. On CUDA the grouped pass is replayed from a CUDA graph
     from an operation's third step on (:class:`GraphedRefGrads`)."""

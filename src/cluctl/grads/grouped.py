@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..masking import class_index, masked_ce
 from . import options as _opts
 from .core import TaskBatch, _bn_modules, _ref_bn, param_list
-from .grouped_ops import _GroupedMode, _Plan, _Unsupported  # noqa: F401  (_Unsupported: raised from here)
+from .grouped_ops import _GroupedMode, _Plan
 from .precision import _PRECISION, _autocast
 
 
@@ -120,8 +120,9 @@ def _cudnn_benchmark(device: torch.device):
 
 
 def ref_grads_grouped(model: nn.Module, batches: list[TaskBatch], autocast_cache: bool = True) -> torch.Tensor:
-    """The grouped fast path (module docstring). Raises :class:`_Unsupported` for a model
-    it cannot handle (nothing is changed in that case)."""
+    """The grouped fast path (package docstring). Raises
+    :class:`~cluctl.grads.grouped_ops._Unsupported` for a model it cannot handle (nothing is
+    changed in that case)."""
     params = param_list(model)
     p0 = params[0]
     offsets, off = {}, 0
