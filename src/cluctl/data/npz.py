@@ -37,6 +37,10 @@ __all__ = ["KEYS", "read_npz", "npz_default_tasks"]
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
+#: inputs beyond this magnitude overflow the float32 mean/std of the normalisation
+MAX_ABS_INPUT = 1e12
+
+
 def npz_default_tasks(num_classes: int) -> int:
     """Two classes per task when the class count is even, else one class per task."""
     return num_classes // 2 if num_classes % 2 == 0 else num_classes
@@ -158,6 +162,12 @@ def read_npz(path: str | os.PathLike):
             if not np.isfinite(xf).all():
                 bad = "NaN" if np.isnan(xf).any() else "infinite (or float32-overflowing)"
                 raise err(f"{xk} contains {bad} values")
+            peak = float(np.abs(xf).max())
+            if peak > MAX_ABS_INPUT:
+                # the per-channel mean and std (float32) overflow: every input would be
+                # normalised to zero and training would run at chance
+                raise err(f"{xk} has values up to {peak:.3g} in magnitude, too large to normalise in float32 "
+                          f"(at most {MAX_ABS_INPUT:.0e})", "rescale the inputs, e.g. to [0, 1]")
         if y.dtype.kind in "iu":
             yi = y.astype(np.int64)
         elif y.dtype.kind == "f":
@@ -177,6 +187,11 @@ def read_npz(path: str | os.PathLike):
             f"but x_test samples are {tuple(xs['test'].shape[1:])}"
         )
     num_classes = int(max(ys["train"].max(), ys["test"].max())) + 1
+    if num_classes > len(ys["train"]):
+        # every class must occur in y_train: a label beyond the number of samples cannot
+        # (and checking it by allocating num_classes entries could need terabytes)
+        raise err(f"labels go up to {num_classes - 1}, but y_train has only {len(ys['train'])} samples, "
+                  f"so classes 0..{num_classes - 1} cannot all occur there", "number the classes 0..K-1")
     present = np.zeros(num_classes, dtype=bool)
     present[ys["train"]] = True
     if not present.all():

@@ -130,7 +130,8 @@ def links_of(store, oid: str, path=None) -> set[str]:
 # ---------------------------------------------------------------------- journal
 def read_intents(store_or_root) -> list[tuple[Path, dict | None]]:
     """(path, record) of every purge intent in journal/; record None when unreadable."""
-    base = Path(getattr(store_or_root, "root", store_or_root)) / JOURNAL
+    root = store_or_root if isinstance(store_or_root, (str, os.PathLike)) else store_or_root.root
+    base = Path(root) / JOURNAL
     try:
         names = sorted(os.listdir(base))
     except OSError:
