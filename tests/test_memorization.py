@@ -131,6 +131,46 @@ def test_import_rejects_bad_files(tmp_path, store, digits, case, needles):
     assert list(store.iter_objects()) == []
 
 
+def _npz_with_header(path, key: str, shape, descr: str = "<f8", body: bytes = b"") -> None:
+    """An .npz whose member ``key`` has an .npy header claiming ``shape`` but only ``body``."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": tuple(shape)})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{key}.npy", buf.getvalue() + body)
+
+
+@pytest.mark.parametrize("key", ["tr_mem", "tr_labels"])
+def test_import_refuses_a_header_claiming_10_12_values_before_allocating(tmp_path, store, digits, key):
+    """A damaged or hostile header (10**12 float64 values: 8 TB) is one UsageError, read from
+    the header alone: no MemoryError, no attempt to allocate or read the body."""
+    n = len(digits.y_train)
+    path = tmp_path / "huge.npz"
+    _npz_with_header(path, key, (10**12,), body=np.zeros(8).tobytes())
+    if key == "tr_labels":  # a good tr_mem first, so tr_labels' header is the one read
+        import zipfile
+
+        with zipfile.ZipFile(path, "a") as z, z.open("tr_mem.npy", "w") as f:
+            np.lib.format.write_array(f, np.zeros(n))
+    with pytest.raises(UsageError) as ei:
+        M.import_scores(store, path, digits)
+    _one_line_error(ei, key, "1,000,000,000,000", f"{n:,} training examples")
+    # a claimed 2-D shape of the same size, and a header that is not one, are refused alike
+    _npz_with_header(path, "tr_mem", (10**6, 10**6))
+    with pytest.raises(UsageError) as ei:
+        M.import_scores(store, path, digits)
+    _one_line_error(ei, "tr_mem", "must be 1-D", "(1000000, 1000000)")
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("tr_mem.npy", b"\x93NUMPY\x01\x00\xff\xff" + b"{" * 40)
+    with pytest.raises(UsageError) as ei:
+        M.import_scores(store, path, digits)
+    _one_line_error(ei, "tr_mem", "cannot be read", "damaged")
+
+
 def test_import_missing_file(tmp_path, store, digits):
     with pytest.raises(NotFound):
         M.import_scores(store, tmp_path / "nope.npz", digits)
@@ -302,7 +342,7 @@ def test_cached_proxy_computes_once(store, digits, monkeypatch, capsys):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(M, "confidence_proxy", counting)
+    monkeypatch.setattr(M.proxy, "confidence_proxy", counting)  # where cached_proxy calls it
     s1, oid1 = M.cached_proxy(store, digits, "mlp", 16, seed=7, threads=1)
     assert len(calls) == 1
     assert "confidence proxy" in capsys.readouterr().err
