@@ -624,7 +624,7 @@ class Store:
         if not self.has_object(oid) and not self.is_tombstoned(oid) and not self._find_quarantined(oid):
             raise NotFound(f"cannot point ref {name} at {oid}: no such object in the store", LS_HINT)
         self.check_ref_available(name)
-        before = self.keep([oid])
+        self.keep([oid])  # NotFound when something it references is missing
         refs = self.root / "refs"
         made = [p for p in (refs.joinpath(*name.split("/")[:i]) for i in range(1, name.count("/") + 1)) if not p.exists()]
         if path.is_dir():
@@ -644,17 +644,15 @@ class Store:
             raise
         faults.point("after-ref-write")
         try:
-            lost = before - self.keep([oid])
-        except NotFound:
-            lost = {oid}
-        if lost:
+            self.keep([oid])
+        except NotFound as e:
             try:
                 if self.get_ref(name) == oid:
                     self.delete_ref(name, missing_ok=True)
             except (CorruptObject, StoreError, UsageError):
                 pass
-            raise NotFound(f"cannot point ref {name} at {oid}: a concurrent `store gc` removed it (or what it links to)",
-                           "nothing was tagged; re-run the operation that made the object") from None
+            raise NotFound(f"cannot point ref {name} at {oid}: a concurrent `store gc` removed it or what it "
+                           f"references ({e.what})", "nothing was written; re-run the operation that made it") from None
 
     def delete_ref(self, name: str, missing_ok: bool = False) -> None:
         path = self._ref_path(name)
@@ -731,17 +729,16 @@ class Store:
         """Make each object, and everything it links to, present and young: refresh its mtime
         (gc spares objects younger than its grace period, and what they link to) and bring it
         back from a running gc's quarantine. Returns the ids found present. Tombstoned
-        objects and links that are already broken are skipped (broken links are verify's
-        business); a missing object of ``oids`` raises NotFound unless ``missing_ok``. Called
-        by writers that reference existing objects (set_ref, save_checkpoint)."""
+        objects are skipped. An object missing (neither present, quarantined nor tombstoned)
+        raises NotFound unless ``missing_ok``: a ref must reach everything it references.
+        Called by writers that reference existing objects (set_ref, save_checkpoint)."""
         from cluctl.store.maintenance import links_of
 
         seen: set[str] = set()
         present_ids: set[str] = set()
-        top = [self._check_oid(o) for o in oids]
-        stack = list(top)
+        stack: list[tuple[str, str | None]] = [(self._check_oid(o), None) for o in oids]
         while stack:
-            oid = stack.pop()
+            oid, via = stack.pop()
             if oid in seen:
                 continue
             seen.add(oid)
@@ -759,11 +756,13 @@ class Store:
             except OSError:  # another user's object, a read-only store: present, cannot freshen
                 present = path.is_file()
             if not present:
-                if oid in top and not missing_ok and not self.is_tombstoned(oid):
+                if missing_ok or self.is_tombstoned(oid):
+                    continue
+                if via is None:
                     raise NotFound(f"no object {oid} in the store at {self.root}", LS_HINT)
-                continue
+                raise NotFound(f"object {via} links to {oid}, which is missing from the store", VERIFY_HINT)
             present_ids.add(oid)
-            stack.extend(x for x in links_of(self, oid) if x not in seen)
+            stack.extend((x, oid) for x in links_of(self, oid) if x not in seen)
         return present_ids
 
     # ------------------------------------------------------------------ resolution
