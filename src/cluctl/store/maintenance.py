@@ -278,15 +278,26 @@ def _refs_strict(store) -> dict[str, str]:
     return out
 
 
-def _regular_objects(store) -> dict[str, os.stat_result]:
+def _regular_objects(store, odd: dict[str, str] | None = None) -> dict[str, os.stat_result]:
+    """{id: stat} of the objects that are regular files (symlinks followed); the others go
+    to ``odd`` ({id: what it is}): gc never deletes them and refuses when a ref reaches one."""
     stats = {}
     for oid in store.iter_objects():
         try:
-            st = os.lstat(store.object_path(oid))
+            st = os.stat(store.object_path(oid))
         except FileNotFoundError:
+            if odd is not None and os.path.lexists(store.object_path(oid)):
+                odd[oid] = "a dangling symlink"
+            continue
+        except OSError as e:
+            if odd is not None:
+                odd[oid] = e.strerror or str(e)
             continue
         if stat.S_ISREG(st.st_mode):
             stats[oid] = st
+        elif odd is not None:
+            odd[oid] = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) \
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file"
     return stats
 
 
@@ -306,7 +317,8 @@ def gc(store, dry_run: bool = False, grace_s: float = 3600) -> GcReport:
     if not grace_s >= 0:  # nan would spare nothing
         raise UsageError(f"gc grace period must be a number of seconds >= 0, got {grace_s}")
     refs = _refs_strict(store)
-    stats = _regular_objects(store)
+    odd: dict[str, str] = {}
+    stats = _regular_objects(store, odd)
     existing = set(stats)
     links_cache: dict[str, set[str]] = {}
 
@@ -323,11 +335,18 @@ def gc(store, dry_run: bool = False, grace_s: float = 3600) -> GcReport:
         return links_cache[oid]
 
     def closure(start: set[str], seen: set[str], universe: set[str], path_of=lambda o: None) -> set[str]:
+        for o in start:
+            if o in odd:
+                raise CorruptObject(f"object {o} cannot be read (it is {odd[o]}), so gc cannot tell what it keeps",
+                                    "run `cluctl store verify` and repair or delete it") from None
         stack = [o for o in start if o in universe and o not in seen]
         seen.update(stack)
         while stack:
             cur = stack.pop()
             for nxt in links(cur, path_of(cur)):
+                if nxt in odd:
+                    raise CorruptObject(f"object {nxt} cannot be read (it is {odd[nxt]}), so gc cannot tell what it keeps",
+                                        "run `cluctl store verify` and repair or delete it")
                 if nxt in universe and nxt not in seen:
                     seen.add(nxt)
                     stack.append(nxt)
