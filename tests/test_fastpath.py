@@ -324,3 +324,22 @@ def test_engine_runs_bf16_on_a_cpu_with_native_bf16(monkeypatch):
     assert (w32 - w16).abs().max() > 1e-4  # bf16 was applied
     assert bool(torch.isfinite(w16).all())
     assert abs(float(np.mean(acc16[:2])) - float(np.mean(acc32[:2]))) < 0.1, (acc16, acc32)
+
+
+@pytest.mark.parametrize("impl", [ref_grads_classic, ref_grads_fast, ref_grads_vmap])
+def test_ref_bn_update_set_through_the_package_takes_effect(impl, monkeypatch):
+    """``cluctl.grads.REF_BN_UPDATE`` (what benchmarks/bench_spread.py assigns) is the state in
+    ``cluctl.grads.options`` that every implementation reads: off, the reference passes leave
+    BatchNorm's running statistics alone; on (SPEC §2), they update them."""
+    import cluctl.grads.options as options
+
+    batches = _batches((1, 8, 8), [6, 6])
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = build_model("resnet18", 4, (1, 8, 8), 10)
+        before = model.bn1.running_mean.clone()
+        monkeypatch.setattr(grads, "REF_BN_UPDATE", flag)
+        assert options.REF_BN_UPDATE is flag and grads.REF_BN_UPDATE is flag
+        impl(model, batches)
+        assert torch.equal(model.bn1.running_mean, before) is (not flag)
+    grads.clear_cache()

@@ -94,30 +94,24 @@ _STATE = {
 
 
 class _Package(types.ModuleType):
-    """``cluctl.grads.NAME`` for a name of ``_STATE`` is its home module's ``NAME``, for
-    reading and for assignment (so a setter and the code that reads it agree). Functions
-    are plain re-exports: to swap one, patch the module that calls it (e.g.
-    ``cluctl.grads.dispatch.ref_grads_fast``, which :func:`ref_grads` calls)."""
+    """``cluctl.grads.NAME`` for a name of ``_STATE`` is a property reading and assigning its
+    home module's ``NAME`` (so a setter and the code that reads it agree, and pytest's
+    ``monkeypatch.setattr(grads, NAME, ...)`` restores it). Functions are plain re-exports:
+    to swap one, patch the module that calls it (e.g. ``cluctl.grads.dispatch.ref_grads_fast``,
+    which :func:`ref_grads` calls)."""
 
-    def __getattr__(self, name):
-        home = _STATE.get(name)
-        if home is None:
-            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
-        return getattr(home, name)
-
-    def __setattr__(self, name, value):
-        home = _STATE.get(name)
-        if home is not None:
-            setattr(home, name, value)
-            return
-        super().__setattr__(name, value)
-
-    def __delattr__(self, name):
-        if name in _STATE:
-            raise AttributeError(f"cannot delete {name!r}: it lives in {_STATE[name].__name__}")
-        super().__delattr__(name)
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(_STATE))
 
 
+def _forward(name: str, home: types.ModuleType) -> property:
+    return property(lambda _self: getattr(home, name), lambda _self, value: setattr(home, name, value),
+                    doc=f"{home.__name__}.{name}")
+
+
+for _name, _home in _STATE.items():
+    setattr(_Package, _name, _forward(_name, _home))
+del _name, _home
 sys.modules[__name__].__class__ = _Package
 
 __all__ = [

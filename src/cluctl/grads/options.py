@@ -3,7 +3,7 @@
 Both are read at call time by the modules of :mod:`cluctl.grads`, so a test or a benchmark
 changes them here (``cluctl.grads.options.FAST_OPTIONS["channels_last"] = False``,
 ``cluctl.grads.options.REF_BN_UPDATE = False``); ``cluctl.grads.REF_BN_UPDATE = ...`` is
-forwarded here too (see the package's ``__setattr__``).
+forwarded here too (the package's properties).
 """
 
 # Tunables of the fast path (benchmarks flip them; the defaults are the measured best).
