@@ -124,3 +124,31 @@ def test_masked_loss_gradient_only_on_task_logits():
     logits = LOGITS.clone().requires_grad_(True)
     masked_loss(logits, torch.tensor([1, 3]), CLASSES).backward()
     assert torch.all(logits.grad[:, [0, 2, 4]] == 0) and torch.all(logits.grad[:, [1, 3]] != 0)
+
+
+def test_task_logits_one_task_and_per_sample_matrix_are_index_select():
+    """The one masking primitive (cluctl.masking.task_logits, a gather): a 1-D class tensor and
+    the per-sample index matrix of the grouped path select exactly ``index_select``'s values
+    (bit for bit), and the masked CE / accuracy built on it match the hand-built ones."""
+    import torch.nn.functional as F
+
+    from cluctl.masking import class_index, masked_ce, task_accuracy, task_logits
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 10, generator=gen)
+    a, b = torch.tensor([3, 1]), torch.tensor([8, 0])
+    assert torch.equal(task_logits(logits, a), logits.index_select(1, a))
+    # rows 0..3 of task a, rows 4..6 of task b: one N x k matrix
+    idx = torch.cat([class_index(a, 4), class_index(b, 3)])
+    assert idx.shape == (7, 2) and idx[5].tolist() == [8, 0]
+    both = task_logits(logits, idx)
+    assert torch.equal(both[:4], logits[:4].index_select(1, a)) and torch.equal(both[4:], logits[4:].index_select(1, b))
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 0])
+    per = masked_ce(logits, y, idx, reduction="none")
+    want = torch.cat([F.cross_entropy(logits[:4].index_select(1, a), y[:4], reduction="none"),
+                      F.cross_entropy(logits[4:].index_select(1, b), y[4:], reduction="none")])
+    assert torch.equal(per, want)
+    assert torch.equal(masked_ce(logits[:4], y[:4], a), F.cross_entropy(logits[:4, [3, 1]], y[:4]))
+    acc = task_accuracy(logits, y, idx)
+    assert acc.item() == (both.argmax(1) == y).float().mean().item()
+    assert masked_logits(LOGITS, CLASSES).data_ptr() != LOGITS.data_ptr()  # a copy, never a view
