@@ -732,13 +732,13 @@ class Store:
         objects are skipped. An object missing (neither present, quarantined nor tombstoned)
         raises NotFound unless ``missing_ok``: a ref must reach everything it references.
         Called by writers that reference existing objects (set_ref, save_checkpoint)."""
-        from cluctl.store.maintenance import links_of
+        from cluctl.store.maintenance import links_detail
 
         seen: set[str] = set()
         present_ids: set[str] = set()
-        stack: list[tuple[str, str | None]] = [(self._check_oid(o), None) for o in oids]
+        stack: list[tuple[str, str | None, bool]] = [(self._check_oid(o), None, True) for o in oids]
         while stack:
-            oid, via = stack.pop()
+            oid, via, strong = stack.pop()
             if oid in seen:
                 continue
             seen.add(oid)
@@ -756,13 +756,16 @@ class Store:
             except OSError:  # another user's object, a read-only store: present, cannot freshen
                 present = path.is_file()
             if not present:
+                if not strong:
+                    seen.discard(oid)  # a strong link to it elsewhere must still be checked
+                    continue
                 if missing_ok or self.is_tombstoned(oid):
                     continue
                 if via is None:
                     raise NotFound(f"no object {oid} in the store at {self.root}", LS_HINT)
                 raise NotFound(f"object {via} links to {oid}, which is missing from the store", VERIFY_HINT)
             present_ids.add(oid)
-            stack.extend((x, oid) for x in links_of(self, oid) if x not in seen)
+            stack.extend((x, oid, must) for x, must in links_detail(self, oid).items() if x not in seen)
         return present_ids
 
     # ------------------------------------------------------------------ resolution

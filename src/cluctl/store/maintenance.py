@@ -118,6 +118,35 @@ def object_links(info: ObjectInfo) -> set[str]:
     return set()
 
 
+#: fields whose ids are links that must resolve (a checkpoint's lineage and buffers, an
+#: op-result's checkpoint, a run's lists); any other 64-hex string (a dataset fingerprint,
+#: say) counts as a link for gc only when such an object exists
+STRONG_KEYS = ("parent", "root", "manifest", "scores", "checkpoint", "checkpoints", "objects", "children")
+
+
+def strong_links(info: ObjectInfo) -> set[str]:
+    doc = info.doc
+    if info.kind not in ("checkpoint", "json") or not isinstance(doc, dict):
+        return set()
+    out = set()
+    for k in STRONG_KEYS:
+        v = doc.get(k)
+        for x in (v if isinstance(v, list) else [v]):
+            if is_oid(x):
+                out.add(x)
+    return out - {info.oid}
+
+
+def links_detail(store, oid: str) -> dict[str, bool]:
+    """{linked id: whether it must resolve (a STRONG_KEYS field)}; empty when unreadable."""
+    try:
+        info = inspect_path(store.object_path(oid), oid, verify_hash=False, links_only=True)
+    except OSError:
+        return {}
+    strong = strong_links(info)
+    return {x: x in strong for x in object_links(info) - {oid}}
+
+
 def links_of(store, oid: str, path=None) -> set[str]:
     """The ids an object links to (a checkpoint's header only); empty when unreadable."""
     try:
