@@ -353,14 +353,20 @@ def gc(store, dry_run: bool = False, grace_s: float = 3600) -> GcReport:
 
     def links(oid: str, path=None) -> set[str]:
         if oid not in links_cache:
-            try:
-                info = inspect_path(path or store.object_path(oid), oid, verify_hash=False, links_only=True)
-            except FileNotFoundError:
-                info = None
-            except OSError as e:
-                raise CorruptObject(f"object {oid} cannot be read ({e.strerror or e}), so gc cannot tell what it keeps",
-                                    "run `cluctl store verify` and repair or delete it") from None
-            links_cache[oid] = object_links(info) - {oid} if info is not None else set()
+            info = None
+            # the object may move between objects/ and a quarantine meanwhile: try both places
+            for where in ([path, store.object_path(oid), path] if path else [store.object_path(oid)]):
+                try:
+                    info = inspect_path(where, oid, verify_hash=False, links_only=True)
+                    break
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    raise CorruptObject(f"object {oid} cannot be read ({e.strerror or e}), so gc cannot tell what it keeps",
+                                        "run `cluctl store verify` and repair or delete it") from None
+            if info is None:
+                return set()  # gone: nothing to cache
+            links_cache[oid] = object_links(info) - {oid}
         return links_cache[oid]
 
     def closure(start: set[str], seen: set[str], universe: set[str], path_of=lambda o: None) -> set[str]:
