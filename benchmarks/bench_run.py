@@ -11,8 +11,8 @@ and its peak RSS, ``RUSAGE_CHILDREN`` of a wrapper process, i.e. the largest pro
 run), impls alternated per seed. ``--driver launch`` (default) runs ``cluctl launch --sequence
 A4 --seed-list S --impl I`` (the results' ``summary.json`` gives ACC = mean test accuracy
 after the learning prefix, and the final retained accuracy); ``--driver engine`` runs the
-same operations through ``cluctl.engine`` directly (new_state, learn_task/unlearn_task,
-evaluate_state after every op, ACC via ``cluctl.metrics.acc_bwt``). All runs of one
+same operations in one process through ``cluctl.api.run_operation`` without a store (the
+driver launch's workers use; new_state, evaluate_state after every op, ACC via ``cluctl.metrics.acc_bwt``). All runs of one
 invocation share one store, so the memorization proxy for ranked buffers (the defaults
 least/most) is computed once per seed before any timing (by a ``cluctl learn --epochs 1``
 of task 0 per seed, untimed). Besides the wall ratio it prints an equal-work ratio per seed
@@ -198,8 +198,8 @@ def _engine_main(argv) -> int:
     a = ap.parse_args(argv)
     import torch
 
-    from cluctl.api import open_store, scores_provider
-    from cluctl.engine import evaluate_state, learn_task, new_state, run_config, unlearn_task
+    from cluctl.api import open_store, run_operation, scores_provider
+    from cluctl.engine import evaluate_state, new_state, run_config
     from cluctl.metrics import acc_bwt
     from cluctl.sequences import resolve_sequence
 
@@ -215,10 +215,7 @@ def _engine_main(argv) -> int:
     rows, op_wall, op_steps = [], [], []
     for op in ops:
         t = time.perf_counter()
-        if op.kind == "L":
-            summ = learn_task(st, op.task, scores_fn=scores_fn, impl=a.impl)
-        else:
-            summ = unlearn_task(st, op.task, {}, impl=a.impl)
+        summ = run_operation(st, op.kind, op.task, scores_fn=scores_fn, impl=a.impl).summary  # no store: nothing saved
         rows.append(evaluate_state(st)["test_acc"])
         op_wall.append(time.perf_counter() - t)
         op_steps.append(int(summ["steps"]))

@@ -125,6 +125,13 @@ def world(tmp_path_factory):
     (root / "partres" / "seed-0").mkdir(parents=True)
     (root / "partres" / "summary.json").write_text('{"run": "x", "seeds": []}')
     (root / "partres" / "seed-0" / "test_acc.csv").write_text("garbage\n")
+    # hostile launch config files
+    (root / "binary.toml").write_bytes(bytes(range(256)) * 4)
+    (root / "nested.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    (root / "inf.toml").write_text("max-epochs = inf\n")
+    (root / "true.toml").write_text("per_device = true\n")
+    (root / "fifo.toml").parent.mkdir(exist_ok=True)
+    os.mkfifo(root / "fifo.toml")
     return {
         "root": root, "store": store, "marker": marker, "chattr": _chattr_works(root / "probe"),
         "vals": {
@@ -133,6 +140,8 @@ def world(tmp_path_factory):
             "trunc_scores": str(trunc_scores), "short_scores": str(short_scores), "objarr": str(objarr),
             "emptyres": str(root / "emptyres"), "badres": str(root / "badres"),
             "partres": str(root / "partres"), "nores": str(root / "no-such-results"),
+            "toml_binary": str(root / "binary.toml"), "toml_nested": str(root / "nested.toml"),
+            "toml_inf": str(root / "inf.toml"), "toml_true": str(root / "true.toml"), "toml_fifo": str(root / "fifo.toml"),
         },
     }
 
@@ -162,6 +171,11 @@ CASES = [
                                        "--device", "cpu"], ["--precision bf16", "CUDA"], "main"),
     ("learn-precision-fp16", ["learn", "--task", "0", *TINY_FLAGS, "--precision", "fp16"], ["--precision", "fp16"], "main"),
     ("learn-threads-zero", ["learn", "--task", "0", *TINY_FLAGS, "--threads", "0"], ["--threads"], "main"),
+    ("learn-threads-100000", ["learn", "--task", "0", *TINY_FLAGS, "--threads", "100000"], ["--threads 100000", "per core"],
+     "main"),
+    ("learn-seed-beyond-64-bits", ["learn", "--task", "0", *TINY_FLAGS, "--seed", str(2**64)], ["--seed", "at most"], "main"),
+    ("learn-tasks-0", ["learn", "--task", "0", *TINY_FLAGS, "--tasks", "0"], ["--tasks", "positive integer"], "main"),
+    ("learn-seed-negative", ["learn", "--task", "0", *TINY_FLAGS, "--seed", "-1"], ["--seed", ">= 0"], "main"),
     ("learn-mem-scores-unknown", ["learn", "--task", "0", *TINY_FLAGS, "--seed", "3", "--learn-buffer-type", "most",
                                   "--mem-scores", "nosuchscores"], ["nosuchscores"], "main"),
     ("learn-tag-dotdot", ["learn", "--task", "0", *TINY_FLAGS, "--tag", "../escape"], ["../escape"], "main"),
@@ -193,7 +207,7 @@ CASES = [
     ("evaluate-empty-store", ["evaluate", "x"], ["no cluctl store"], "empty"),
     ("evaluate-metrics-checkpoint", ["evaluate", "{ck1}", "--metrics"], ["--metrics"], "main"),
     ("evaluate-metrics-bad-summary", ["evaluate", "{badres}", "--metrics"], ["summary.json"], "main"),
-    ("evaluate-metrics-partial-folder", ["evaluate", "{partres}", "--metrics"], ["partres", "train_acc.csv"], "main"),
+    ("evaluate-metrics-partial-folder", ["evaluate", "{partres}", "--metrics"], ["partres", "test_acc.csv"], "main"),
     # mia
     ("mia-task-out-of-range", ["mia", "{ck1}", "--task", "9"], ["task 9"], "main"),
     ("mia-members-bad", ["mia", "{ck1}", "--task", "0", "--members", "everything"], ["--members", "everything"], "main"),
@@ -226,6 +240,15 @@ CASES = [
     ("launch-resume-unknown", [*LAUNCH, "--resume", "nosuchrun"], ["nosuchrun"], "main"),
     ("launch-seed-list-bad", [*LAUNCH, "--seed-list", "1,x"], ["--seed-list"], "main"),
     ("launch-config-missing", [*LAUNCH, "--config", "{nores}/x.toml"], ["x.toml"], "main"),
+    ("launch-config-binary", [*LAUNCH, "--config", "{toml_binary}"], ["binary.toml", "not valid toml"], "main"),
+    ("launch-config-nested", [*LAUNCH, "--config", "{toml_nested}"], ["nested.toml"], "main"),
+    ("launch-config-inf-for-int", [*LAUNCH, "--config", "{toml_inf}"], ["--max-epochs", "inf"], "main"),
+    ("launch-config-true-for-int", [*LAUNCH, "--config", "{toml_true}"], ["--per-device", "true"], "main"),
+    ("launch-config-fifo", [*LAUNCH, "--config", "{toml_fifo}"], ["fifo.toml", "not a toml file"], "main"),
+    ("launch-sequence-empty", [*LAUNCH, "--sequence", ""], ["--sequence", "empty"], "main"),
+    ("launch-tasks-0", [*LAUNCH, "--tasks", "0"], ["--tasks"], "main"),
+    ("launch-seed-list-beyond-64-bits", [*LAUNCH, "--seed-list", str(2**64)], ["--seed-list", "64 bits"], "main"),
+    ("launch-threads-100000", [*LAUNCH, "--threads", "100000"], ["--threads 100000"], "main"),
     ("launch-npz-truncated", [*LAUNCH, "--dataset", "npz:{trunc_ds}"], ["trunc_ds.npz", "truncated"], "main"),
     ("launch-ro-tmpfile", [*LAUNCH, "--sequence", "L0-1"], ["cannot write", "store"], "ro-file"),
     # store
@@ -305,13 +328,13 @@ def _release(kind, store):
 def _in_process(args, store, capfd, monkeypatch):
     from cluctl.cli.main import main
     from cluctl.data import clear_cache
-    from cluctl.launch import options as launch_options
+    import cluctl.devices
 
     monkeypatch.setenv("CLUCTL_STORE", str(store))
     monkeypatch.delenv("CLUCTL_FAULT", raising=False)
     monkeypatch.setenv("CLUCTL_DEBUG", "0")
     monkeypatch.setenv("CLUCTL_CPU_BF16", "0")  # as on a CPU without native bf16 (the *-bf16-cpu cases)
-    monkeypatch.setattr(launch_options, "visible_gpus", lambda: 0)
+    monkeypatch.setattr(cluctl.devices, "visible_gpus", lambda: 0)
     clear_cache()
     threads = torch.get_num_threads()
     capfd.readouterr()

@@ -122,7 +122,7 @@ NEW_STORE_BAD = [
     (["learn", "--task", 0, "--lr", -1, *TINY_FLAGS], {}, ["--lr"]),
     (["learn", "--task", 0, "--precision", "bf16", *TINY_FLAGS], {"CLUCTL_CPU_BF16": "0"}, ["bf16"]),
     (["launch", "--sequence", "L9", "--quiet", *TINY_FLAGS], {}, ["L9"]),
-    (["launch", "--seeds", 0, "--lr", -1, "--quiet", *TINY_FLAGS], {}, ["--lr"]),
+    (["launch", "--seeds", 0, "--lr", -1, "--quiet", *TINY_FLAGS], {}, ["--seeds"]),  # every value is checked before any work
     (["launch", "--precision", "bf16", "--quiet", *TINY_FLAGS], {"CLUCTL_CPU_BF16": "0"}, ["bf16"]),
 ]
 

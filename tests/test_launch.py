@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import cluctl.devices
 from cluctl import launch as L
 from cluctl.errors import CluctlError, NotFound, UsageError
 from cluctl.launch import options as O
@@ -32,7 +33,7 @@ def plan(tmp_path, **opts):
 def test_run_name_format_and_hash_excludes_execution_options(tmp_path, monkeypatch):
     base = plan(tmp_path, sequence="A4", algo="neggem")
     assert re.fullmatch(r"a4-neggem-[0-9a-f]{8}", base.run)
-    monkeypatch.setattr(O, "visible_gpus", lambda: 2)  # bf16 needs CUDA devices: pretend two are visible
+    monkeypatch.setattr(cluctl.devices, "visible_gpus", lambda: 2)  # bf16 needs CUDA devices: pretend two are visible
     same = [
         plan(tmp_path, sequence="a4", algo="NegGEM", threads=3, impl="classic", precision="bf16", per_device=2,
              out=str(tmp_path / "elsewhere"), mia=True, quiet=True, seeds=4, devices="cuda:0,cuda:1"),
@@ -93,7 +94,7 @@ def test_seeds_and_devices(tmp_path, monkeypatch):
     assert p.threads == max(1, O.available_cores() // 2)
     assert plan(tmp_path, seeds=5, threads=3).threads == 3
     # round robin over devices, an explicit --devices wins over --gpus
-    monkeypatch.setattr(O, "visible_gpus", lambda: 2)
+    monkeypatch.setattr(cluctl.devices, "visible_gpus", lambda: 2)
     p = plan(tmp_path, seeds=3, devices="cuda:0,cuda:1")
     assert p.assignments() == [(0, "cuda:0"), (1, "cuda:1"), (2, "cuda:0")]
     assert plan(tmp_path, devices="cpu", gpus=3).devices == ["cpu"]
@@ -103,7 +104,7 @@ def test_seeds_and_devices(tmp_path, monkeypatch):
         plan(tmp_path, devices="cuda:0,cuda:0")
     with pytest.raises(UsageError, match=r"--gpus 3 asks for 3 GPU\(s\) but 2 are visible.*--devices cpu"):
         plan(tmp_path, devices=None, gpus=3)
-    monkeypatch.setattr(O, "visible_gpus", lambda: 0)
+    monkeypatch.setattr(cluctl.devices, "visible_gpus", lambda: 0)
     assert plan(tmp_path, devices=None).devices == ["cpu"]
     with pytest.raises(UsageError, match="cuda:1"):
         plan(tmp_path, devices="cuda:1")
@@ -214,7 +215,7 @@ def test_thesis_toggles(monkeypatch, tmp_path):
 def test_gpus_without_gpus_is_one_error_line(monkeypatch, tmp_path, capsys):
     from cluctl.cli.main import main
 
-    monkeypatch.setattr(O, "visible_gpus", lambda: 0)
+    monkeypatch.setattr(cluctl.devices, "visible_gpus", lambda: 0)
     for args in (["--gpus", "3"], ["--number_of_gpus", "3"]):
         with pytest.raises(SystemExit) as e:
             main(["launch", *args, "--store", str(tmp_path / "st")])
@@ -267,10 +268,11 @@ def _fake_op_results(store, run, seed, labels, n_tasks, mia=False):
     import numpy as np
 
     rng = np.random.default_rng(seed)
+    ck = store.put_json({"type": "stand-in", "note": "the checkpoint an op-result links to"})
     for i, label in enumerate(labels):
         ev = {k: [float(x) for x in rng.random(n_tasks)] for k in ("test_acc", "test_conf", "train_acc", "train_conf")}
         ev["test_conf"][0] = None  # a missing value becomes an empty cell
-        res = {"type": "op-result", "run": run, "seed": seed, "index": i, "op": label, "checkpoint": "0" * 64,
+        res = {"type": "op-result", "run": run, "seed": seed, "index": i, "op": label, "checkpoint": ck,
                "eval": ev, "summary": {"steps": 3, "wall_s": 0.5, "op_wall_s": 1.25},
                "mia": [{"task": 0, "status": "learned", "attack": "loss", "members": "train", "acc": 0.5, "auc": 0.51,
                         "cv_acc": 0.49, "efficacy": None}] if mia else None,

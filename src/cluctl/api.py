@@ -8,8 +8,10 @@
     state = api.load(r.id, store="/tmp/st")      # the model and everything around it
 
 Options are the CLI's, with underscores (``batch_size=10``, ``learn_algo="gem"``,
-``unlearn_batch_size=10``); ``None`` means "the default" (or, with ``from_ref``, "keep the
-checkpoint's value").
+``unlearn_batch_size=10``), or typed configs built from the one option table
+(``api.learn(1, config=LearnConfig(lr=0.05), from_ref=...)``, :mod:`cluctl.config`); ``None``
+means "the default" (or, with ``from_ref``, "keep the checkpoint's value"). Values are
+checked once, here, against the table; an unknown name is a one-line error.
 """
 
 from __future__ import annotations
@@ -38,13 +40,14 @@ from .errors import UsageError
 from .resolve import validate_unlearn
 from .store.core import no_new_store_on_error
 
-RUN_KEYS = ("dataset", "tasks", "model", "width", "seed")
+RUN_KEYS = C.keys("run")
 
 
 @dataclass
 class OpResult:
     id: str
     summary: dict = field(default_factory=dict)
+    save_s: float | None = None  # seconds spent writing the checkpoint
 
     def __str__(self) -> str:
         return self.id
@@ -79,24 +82,79 @@ def _checkpoint_ref(store, oid: str) -> None:
     store.set_ref(f"checkpoints/{oid[:16]}", oid)
 
 
+def run_operation(state: State, kind: str, task: int, *, store=None, ucfg: dict | None = None,
+                  scores_fn=None, progress=None, impl: str = "fast", precision: str = "fp32", step_hook=None,
+                  label: str | None = None, checkpoint_ref: bool = False) -> OpResult:
+    """The one driver of an operation on a State, used by :func:`learn`, :func:`unlearn`,
+    launch's seed workers and the benchmarks: learn (``kind="L"``) or unlearn (``"U"``,
+    with the unlearning options given now, ``ucfg``) ``task``; then, with a ``store``,
+    save the checkpoint (``label``, default ``L<task>``/``U<task>``; ``.id``, and ``.save_s``
+    the seconds that took) and, with ``checkpoint_ref``, point ``checkpoints/<id16>`` at it.
+    Without a store the state is changed in place and ``.id`` is empty. A divergence
+    raises :class:`cluctl.errors.Diverged` with the state restored and nothing saved."""
+    import time
+
+    if kind == "L":
+        summary = learn_task(state, task, progress=progress, scores_fn=scores_fn, impl=impl, precision=precision)
+    elif kind == "U":
+        summary = unlearn_task(state, task, dict(ucfg or {}), progress=progress, impl=impl, step_hook=step_hook,
+                               precision=precision)
+    else:
+        raise UsageError(f"unknown operation kind {kind!r}", "use L (learn) or U (unlearn)")
+    if store is None:
+        return OpResult("", summary)
+    t0 = time.perf_counter()
+    oid = save_state(store, state, label or f"{kind}{task}")
+    save_s = time.perf_counter() - t0
+    if checkpoint_ref:
+        _checkpoint_ref(store, oid)
+    return OpResult(oid, summary, save_s=save_s)
+
+
+def _given(cls, config, options: dict) -> dict:
+    """The options of one operation, checked once against the option table: a typed
+    ``config`` (:class:`cluctl.config.LearnConfig`/``UnlearnConfig``) and keyword options
+    (which win), as a dict of the given (non-None) values."""
+    if config is not None and not isinstance(config, cls):
+        raise UsageError(f"config must be a {cls.__name__}, got {type(config).__name__}")
+    merged = {**(config.given() if config is not None else {}), **{k: v for k, v in options.items() if v is not None}}
+    return cls.from_options(merged).given()
+
+
+def _execution(execution, impl, precision, threads) -> tuple[str, str, int | None, str | None]:
+    ex = execution if execution is not None else C.Execution()
+    if not isinstance(ex, C.Execution):
+        raise UsageError(f"execution must be an Execution, got {type(ex).__name__}")
+    # --threads -1 or --precision fp16: one line, not a torch error
+    checked = C.Execution.from_options({**ex.given(), **{k: v for k, v in
+                                                       {"impl": impl, "precision": precision, "threads": threads}.items()
+                                                       if v is not None}})
+    return checked.impl or "fast", checked.precision or "fp32", checked.threads, checked.device
+
+
 @no_new_store_on_error
 def learn(task: int, from_ref: str | None = None, store=None, device: str | None = None,
-          data_root: str | None = None, download: bool = False, impl: str = "fast",
-          threads: int | None = None, progress=None, precision: str = "fp32", **options: Any) -> OpResult:
-    """Learn ``task``; returns the new checkpoint (``.id``) and a summary. ``precision="bf16"``
+          data_root: str | None = None, download: bool = False, impl: str | None = None,
+          threads: int | None = None, progress=None, precision: str | None = None,
+          config: C.LearnConfig | None = None, execution: C.Execution | None = None, **options: Any) -> OpResult:
+    """Learn ``task``; returns the new checkpoint (``.id``) and a summary.
+
+    Options: a typed ``config`` (:class:`cluctl.config.LearnConfig`) and/or keyword
+    arguments named as the CLI's flags (``lr=0.05``; ``algo`` is ``learn_algo``), checked
+    once here against the option table; ``None`` means "the default" (or, with
+    ``from_ref``, "the lineage's value"). ``execution`` (:class:`cluctl.config.Execution`)
+    or ``impl``/``precision``/``threads``/``device``: how it runs. ``precision="bf16"``
     (CUDA, or a CPU with native bf16: AMX or AVX512-BF16) runs the training forward passes
     under bf16 autocast."""
     st = open_store(store)
-    # --threads -1 or --precision fp16: one line, not a torch error
-    ex = C.validate_execution({"impl": impl, "threads": threads, "precision": precision})
-    impl, threads, precision = ex["impl"], ex.get("threads"), ex["precision"]
-    opts = {k: v for k, v in options.items() if v is not None}
-    if "algo" in opts:
-        opts["learn_algo"] = opts.pop("algo")
+    impl, precision, threads, ex_device = _execution(execution, impl, precision, threads)
+    device = device if device is not None else ex_device
+    if "algo" in options:
+        options["learn_algo"] = options.pop("algo")
+    # unlearning options may be given here too: recorded as given, used by later unlearnings
+    later = {k: options.pop(k) for k in list(options) if k in C.UNLEARN_DEFAULTS}
+    opts = {**_given(C.LearnConfig, config, options), **C.UnlearnConfig.from_options(later).given()}
     run, learn_opts = _split_options(opts)
-    unknown = set(learn_opts) - set(C.LEARN_DEFAULTS) - set(C.UNLEARN_DEFAULTS)
-    if unknown:
-        raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
     if from_ref:
         state = load_state(st, from_ref, overrides={**run, **learn_opts}, device=device,
                            data_root=data_root, download=download, threads=threads)
@@ -112,35 +170,30 @@ def learn(task: int, from_ref: str | None = None, store=None, device: str | None
             load_scores(st, state.config["mem_scores"], dataset=state.dataset)
         root = save_state(st, state, "init")
         _checkpoint_ref(st, root)
-    summary = learn_task(state, task, progress=progress, scores_fn=scores_provider(st, state.config), impl=impl,
-                         precision=precision)
-    oid = save_state(st, state, f"L{task}")
-    _checkpoint_ref(st, oid)
-    return OpResult(oid, summary)
+    return run_operation(state, "L", task, store=st, scores_fn=scores_provider(st, state.config), progress=progress,
+                         impl=impl, precision=precision, checkpoint_ref=True)
 
 
 @no_new_store_on_error
 def unlearn(task: int, from_ref: str, store=None, device: str | None = None, data_root: str | None = None,
-            download: bool = False, impl: str = "fast", threads: int | None = None, progress=None,
-            step_hook=None, precision: str = "fp32", **options: Any) -> OpResult:
-    """Unlearn ``task`` from checkpoint ``from_ref``; returns the new checkpoint and a summary."""
+            download: bool = False, impl: str | None = None, threads: int | None = None, progress=None,
+            step_hook=None, precision: str | None = None, config: C.UnlearnConfig | None = None,
+            execution: C.Execution | None = None, **options: Any) -> OpResult:
+    """Unlearn ``task`` from checkpoint ``from_ref``; returns the new checkpoint and a
+    summary. Options: a typed ``config`` (:class:`cluctl.config.UnlearnConfig`) and/or
+    keyword arguments named as the CLI's flags, checked once here; the rule defaults
+    (unlearning rate, forget-loss scale, stop accuracy) follow this operation's algorithm."""
     st = open_store(store)
-    ex = C.validate_execution({"impl": impl, "threads": threads, "precision": precision})
-    impl, threads, precision = ex["impl"], ex.get("threads"), ex["precision"]
-    opts = {k: v for k, v in options.items() if v is not None}
-    unknown = set(opts) - set(C.UNLEARN_DEFAULTS)
-    if unknown:
-        raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    # validate options before any work (and before touching the store)
+    impl, precision, threads, ex_device = _execution(execution, impl, precision, threads)
+    device = device if device is not None else ex_device
+    opts = _given(C.UnlearnConfig, config, options)
+    # the algorithm's name and the rule-valued options before any work (and before touching the store)
     probe = dict(C.UNLEARN_DEFAULTS)
     probe.update(opts)
     validate_unlearn(probe)
     state = load_state(st, from_ref, device=device, data_root=data_root, download=download, threads=threads)
-    summary = unlearn_task(state, task, opts, progress=progress, impl=impl, step_hook=step_hook,
-                           precision=precision)
-    oid = save_state(st, state, f"U{task}")
-    _checkpoint_ref(st, oid)
-    return OpResult(oid, summary)
+    return run_operation(state, "U", task, store=st, ucfg=opts, progress=progress, impl=impl, step_hook=step_hook,
+                         precision=precision, checkpoint_ref=True)
 
 
 @no_new_store_on_error

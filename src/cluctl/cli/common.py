@@ -12,31 +12,22 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import learning, unlearning
 from ..data import registry as _datasets
+from .options import typer_option
 
 # stdout carries results; everything else (progress, logs, warnings) goes to stderr.
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-STORE_HELP = "Store directory (default: $CLUCTL_STORE or ./store)."
-StoreOpt = typer.Option(None, "--store", help=STORE_HELP, envvar="CLUCTL_STORE", show_envvar=False)
-DataRootOpt = typer.Option(None, "--data-root", help="Where CIFAR files live (default: $CLUCTL_DATA or ~/.cache/cluctl/data).")
-DownloadOpt = typer.Option(False, "--download", help="Download CIFAR through torchvision if missing (needs internet).")
-DeviceOpt = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda:0 if visible, else cpu).")
-def _choices(names) -> str:
-    names = list(names)
-    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
-
-
-# choices derived from the algorithm registries (one module per algorithm)
-LEARN_CHOICES = _choices(learning.names())
-UNLEARN_CHOICES = _choices(unlearning.names())
+# options shared with commands outside the option table's three (evaluate, mia, memorize,
+# plot, store ...): help and default text from their one row in cluctl.config
+StoreOpt = typer_option("store")
+DataRootOpt = typer_option("data_root")
+DownloadOpt = typer_option("download", default=False)
+DeviceOpt = typer_option("device")
+ThreadsOpt = typer_option("threads")
+ImplOpt = typer_option("impl", default="fast")
+QuietOpt = typer_option("quiet", default=False)
 DATASET_CHOICES = _datasets.choices()  # from the dataset registry (one module per dataset)
-
-ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for this process (default: all cores).")
-ImplOpt = typer.Option("fast", "--impl", help="fast (batched reference gradients, Gram-only QP) or classic (GEM reference code structure).")
-PrecisionOpt = typer.Option("fp32", "--precision", help="fp32, or bf16 autocast of the training forward passes (CUDA, or a CPU with AMX/AVX512-BF16).")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on stderr.")
 
 
 def open_store(path: Optional[str], must_exist: bool = False):

@@ -16,25 +16,10 @@ from typer.exceptions import Abort as _Abort
 from typer.exceptions import Exit as _Exit
 from typer.exceptions import TyperException
 
-from .. import __version__, unlearning
+from .. import __version__
 from ..errors import CluctlError
-from .common import (
-    DataRootOpt,
-    DeviceOpt,
-    DownloadOpt,
-    DATASET_CHOICES,
-    ImplOpt,
-    LEARN_CHOICES,
-    UNLEARN_CHOICES,
-    PrecisionOpt,
-    QuietOpt,
-    StoreOpt,
-    ThreadsOpt,
-    err,
-    open_store,
-    print_json,
-    progress_bar,
-)
+from .common import DataRootOpt, DeviceOpt, DownloadOpt, ImplOpt, StoreOpt, ThreadsOpt, err, open_store, print_json, progress_bar
+from .options import command_options, typer_option
 
 app = typer.Typer(
     name="cluctl",
@@ -63,57 +48,39 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 # ------------------------------------------------------------------ learn
 
 
+def _operation_call(values: dict) -> tuple[dict, dict]:
+    """(the API's execution keyword arguments, the operation's options) from parsed flags."""
+    from ..config import OPTIONS
+
+    v = {k: val for k, val in values.items() if val is not None}
+    ex = {k: v.pop(k) for k in ("device", "data_root", "impl", "precision", "threads") if k in v}
+    ex["download"] = bool(v.pop("download", False))
+    for k in ("task", "from_ref", "tag", "store", "quiet"):
+        v.pop(k, None)
+    assert all(k in OPTIONS for k in v)
+    return ex, v
+
+
 @app.command()
-def learn(
-    task: int = typer.Option(..., "--task", "-t", help="Task to learn (0..N-1)."),
-    from_ref: Optional[str] = typer.Option(None, "--from", help="Continue this checkpoint (ref, id or 8+ hex prefix)."),
-    algo: Optional[str] = typer.Option(None, "--algo", help=f"{LEARN_CHOICES} (default: gem)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help=f"{DATASET_CHOICES} (default: digits)."),
-    tasks: Optional[int] = typer.Option(None, "--tasks", help="Number of tasks N (default: the dataset's: digits 5, cifar100 20)."),
-    model: Optional[str] = typer.Option(None, "--model", help="resnet18 or mlp (default: the dataset's model: mlp for digits, resnet18 for CIFAR and npz)."),
-    width: Optional[int] = typer.Option(None, "--width", help="ResNet nf (default 20) or MLP hidden units (default 100)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Run seed: class order, initial weights, every op's randomness (default: 0)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: 0.1)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default: 10)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs over the task (default: 3)."),
-    memories: Optional[int] = typer.Option(None, "--memories", help="Samples per buffer (default: 256)."),
-    mem_strength: Optional[float] = typer.Option(None, "--mem-strength", help="GEM margin while learning (default: 0.5)."),
-    agem_sample: Optional[int] = typer.Option(None, "--agem-sample", help="A-GEM: reference from one random batch of M pooled memories (paper variant)."),
-    learn_buffer_type: Optional[str] = typer.Option(None, "--learn-buffer-type", help="first, random, most or least (default: least)."),
-    learn_buffer_split: Optional[float] = typer.Option(None, "--learn-buffer-split", help="Fraction chosen by score for most/least (default: 0.2)."),
-    unlearn_buffer_type: Optional[str] = typer.Option(None, "--unlearn-buffer-type", help="same, random, most or least (default: most)."),
-    unlearn_buffer_split: Optional[float] = typer.Option(None, "--unlearn-buffer-split", help="Fraction chosen by score (default: 0.2)."),
-    mem_scores: Optional[str] = typer.Option(None, "--mem-scores", help="Memorization scores (ref/id) for most/least (default: the cached confidence proxy)."),
-    tag: Optional[str] = typer.Option(None, "--tag", help="Also point refs/tags/NAME at the new checkpoint."),
-    impl: str = ImplOpt,
-    precision: str = PrecisionOpt,
-    device: Optional[str] = DeviceOpt,
-    threads: Optional[int] = ThreadsOpt,
-    store: Optional[str] = StoreOpt,
-    data_root: Optional[str] = DataRootOpt,
-    download: bool = DownloadOpt,
-    quiet: bool = QuietOpt,
-):
+@command_options("learn")
+def learn(**values):
     """Learn one task, from scratch or continuing a checkpoint; prints the new checkpoint id.
+
+    With --from, every option given along the checkpoint's lineage is kept unless given again.
 
     Example: cluctl learn --task 0 --dataset digits --model mlp --seed 1
     """
     from .. import api
 
+    task, tag, quiet = values["task"], values.get("tag"), bool(values.get("quiet"))
     if tag is not None:
         from ..store import Store
 
         Store.check_ref_name(f"tags/{tag}")
-    st = open_store(store)
+    ex, opts = _operation_call(values)
+    st = open_store(values.get("store"))
     with progress_bar(not quiet, f"learn task {task}") as prog:
-        res = api.learn(
-            task, from_ref=from_ref, store=st, device=device, data_root=data_root, download=download,
-            impl=impl, precision=precision, threads=threads, progress=prog, algo=algo, dataset=dataset, tasks=tasks, model=model,
-            width=width, seed=seed, lr=lr, batch_size=batch_size, epochs=epochs, memories=memories,
-            mem_strength=mem_strength, agem_sample=agem_sample, learn_buffer_type=learn_buffer_type,
-            learn_buffer_split=learn_buffer_split, unlearn_buffer_type=unlearn_buffer_type,
-            unlearn_buffer_split=unlearn_buffer_split, mem_scores=mem_scores,
-        )
+        res = api.learn(task, from_ref=values.get("from_ref"), store=st, progress=prog, **ex, **opts)
     if tag:
         st.set_ref(f"tags/{tag}", res.id)
     s = res.summary
@@ -127,29 +94,8 @@ def learn(
 
 
 @app.command()
-def unlearn(
-    task: int = typer.Option(..., "--task", "-t", help="Task to forget (must be learned)."),
-    from_ref: str = typer.Option(..., "--from", help="Checkpoint to start from (ref, id or 8+ hex prefix)."),
-    algo: str = typer.Option("neggem", "--algo", help=f"{UNLEARN_CHOICES} (case-insensitive; thesis spellings work)."),
-    unlearning_rate: Optional[float] = typer.Option(None, "--unlearning-rate", help=f"SGD rate (default: {unlearning.rule_help('unlearning_rate')})."),
-    unlearn_batch_size: Optional[int] = typer.Option(None, "--unlearn-batch-size", help="b samples from each forget buffer per step (default: 10)."),
-    unlearn_mem_strength: Optional[float] = typer.Option(None, "--unlearn-mem-strength", help="GEM margin while unlearning (default: 0.5)."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="NegGrad+ weight of the retained tasks, in [0, 1] (default: 0.5)."),
-    forget_loss_scale: Optional[float] = typer.Option(None, "--forget-loss-scale", help=f"s (default: {unlearning.rule_help('forget_loss_scale')})."),
-    stop_acc: Optional[float] = typer.Option(None, "--stop-acc", help="Stop when the forget buffers' accuracy is at most this (default: chance + (1-chance)/6)."),
-    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Maximum passes over the unlearn buffer (default: 48)."),
-    salun_strength: Optional[float] = typer.Option(None, "--salun-strength", help="SalUn: keep this fraction (0, 1] of weights by saliency (default: off)."),
-    salun_on: Optional[str] = typer.Option(None, "--salun-on", help="gradient (mask g_f, thesis) or update (mask the final update) (default: gradient)."),
-    tag: Optional[str] = typer.Option(None, "--tag", help="Also point refs/tags/NAME at the new checkpoint."),
-    impl: str = ImplOpt,
-    precision: str = PrecisionOpt,
-    device: Optional[str] = DeviceOpt,
-    threads: Optional[int] = ThreadsOpt,
-    store: Optional[str] = StoreOpt,
-    data_root: Optional[str] = DataRootOpt,
-    download: bool = DownloadOpt,
-    quiet: bool = QuietOpt,
-):
+@command_options("unlearn")
+def unlearn(**values):
     """Forget one learned task; prints the new checkpoint id.
 
     Options given explicitly earlier in the lineage are kept unless given again; the rule defaults (unlearning rate, forget-loss scale, stop accuracy) follow this operation's algorithm. A request whose weights blow up (norm beyond 100x its start, or not finite) fails with exit 1 and writes nothing.
@@ -158,19 +104,15 @@ def unlearn(
     """
     from .. import api
 
+    task, tag, quiet = values["task"], values.get("tag"), bool(values.get("quiet"))
     if tag is not None:
         from ..store import Store
 
         Store.check_ref_name(f"tags/{tag}")
-    st = open_store(store, must_exist=True)
+    ex, opts = _operation_call(values)
+    st = open_store(values.get("store"), must_exist=True)
     with progress_bar(not quiet, f"unlearn task {task}") as prog:
-        res = api.unlearn(
-            task, from_ref=from_ref, store=st, device=device, data_root=data_root, download=download, impl=impl,
-            precision=precision, threads=threads, progress=prog, algo=algo, unlearning_rate=unlearning_rate,
-            unlearn_batch_size=unlearn_batch_size, unlearn_mem_strength=unlearn_mem_strength, alpha=alpha,
-            forget_loss_scale=forget_loss_scale, stop_acc=stop_acc, max_epochs=max_epochs,
-            salun_strength=salun_strength, salun_on=salun_on,
-        )
+        res = api.unlearn(task, from_ref=values["from_ref"], store=st, progress=prog, **ex, **opts)
     if tag:
         st.set_ref(f"tags/{tag}", res.id)
     s = res.summary
@@ -195,9 +137,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (a stable interface)."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
     metrics: bool = typer.Option(False, "--metrics", help="For a results folder: ACC, BWT, CL-ToW, CLU_mix per operation."),
-    reference: str = typer.Option("prefix", "--reference", help="CL-ToW reference with --metrics: prefix (the "
-                                  "earlier forgotten-nothing row; none for most presets) or retrain (a model "
-                                  "retrained on the retained tasks, trained once in the run's store)."),
+    reference: str = typer_option("reference", default="prefix"),
     impl: str = ImplOpt,
     threads: Optional[int] = ThreadsOpt,
     device: Optional[str] = DeviceOpt,
@@ -280,21 +220,44 @@ def _mount():
 _mount()
 
 
+class Interrupted(CluctlError):
+    """Ctrl-C (SIGINT): raised by the CLI's own handler, so that Typer (which turns a
+    KeyboardInterrupt into a silent exit 130) lets it reach :func:`_run`."""
+
+    exit_code = 130
+
+
+def _on_sigint(signum, frame):
+    raise Interrupted("interrupted", "nothing half-written was kept; run the command again to redo it")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: run the app, turning every error into one line and an exit code."""
+    import signal
+
     from ..store import core as store_core
 
     debug = os.environ.get("CLUCTL_DEBUG") not in (None, "", "0")
     mark = store_core.new_stores_mark()
     code = 1
+    old = signal.getsignal(signal.SIGINT)
+    if old is signal.default_int_handler:  # not when SIGINT is ignored (nohup, &)
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         code = _run(argv, debug)
     finally:  # also when CLUCTL_DEBUG=1 lets an exception through
+        if old is signal.default_int_handler:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting: no traceback
         if code == 0:
             store_core.forget_new_stores(mark)
         else:  # a failed command leaves no empty store of its own making behind
             store_core.discard_new_stores(mark)
-    sys.stdout.flush()
+        if argv is not None:  # called from Python (tests, notebooks): hand SIGINT back
+            signal.signal(signal.SIGINT, old)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
     sys.exit(code)
 
 

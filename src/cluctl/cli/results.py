@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -14,21 +13,13 @@ from .common import print_json
 COLS = ("retain_acc", "forget_acc", "tow", "clu_mix")
 
 
-def _k(summary: dict) -> int:
-    from ..plots.results import classes_per_task
-
-    k = classes_per_task(summary)
-    if k is None:
-        raise UsageError("summary.json gives neither k nor a known dataset and number of tasks",
-                         "rebuild it with `cluctl launch --aggregate-only --resume RUN`")
-    return k
-
-
 def _per_op(folder: Path, summary: dict, reference: str = "prefix", **kw):
+    """Mean and std over seeds of each operation's metrics, from the one results reader
+    (:func:`cluctl.plots.results.load_results`: metrics.csv, or recomputed from the
+    per-seed tables) or, for the retrain reference, :func:`cluctl.launch.reference.run_metrics`."""
     import numpy as np
     import pandas as pd
 
-    mfile = folder / "metrics.csv"
     if reference == "retrain" or (reference == "prefix" and summary.get("reference") == "retrain"):
         # retrain: oracles from the store; prefix on a folder written with retrain: recomputed
         from ..launch.reference import run_metrics
@@ -38,29 +29,19 @@ def _per_op(folder: Path, summary: dict, reference: str = "prefix", **kw):
         for c in COLS:
             df[c] = pd.to_numeric(df[c], errors="coerce")
         _per_op.trained = res["retrain_ops_trained"]
-    elif mfile.exists():
-        df = pd.read_csv(mfile)
-    else:  # recompute from the per-seed matrices
-        from ..metrics import per_op_table
+    else:
+        from ..plots.results import load_results
 
-        frames = []
-        for sd in sorted(folder.glob("seed-*")):
-            test = pd.read_csv(sd / "test_acc.csv")
-            train = pd.read_csv(sd / "train_acc.csv")
-            ops = test["op"].tolist()
-            t = per_op_table(ops, test.drop(columns="op").to_numpy(), train.drop(columns="op").to_numpy(),
-                             _k(summary))
-            t.insert(0, "row", range(len(ops)))
-            t.insert(0, "seed", int(sd.name.split("-", 1)[1]))
-            frames.append(t)
-        if not frames:
-            raise UsageError(f"{folder} has neither metrics.csv nor seed-*/ folders", "is it a launch results folder?")
-        df = pd.concat(frames, ignore_index=True)
+        df = load_results(str(folder)).metrics
+        if df is None:
+            raise UsageError(f"{folder} has no metrics.csv and its tables cannot give the metrics "
+                             "(no complete operation, or no number of classes per task)",
+                             "rebuild it with `cluctl launch --aggregate-only --resume RUN`")
     rows = []
     for row, g in df.groupby("row", sort=True):
         entry = {"row": int(row), "op": str(g["op"].iloc[0])}
         for c in COLS:
-            vals = g[c].dropna().to_numpy(dtype=float)
+            vals = pd.to_numeric(g[c], errors="coerce").dropna().to_numpy(dtype=float)
             entry[c] = None if len(vals) == 0 else float(np.mean(vals))
             entry[c + "_std"] = None if len(vals) == 0 else float(np.std(vals))
         rows.append(entry)
@@ -69,17 +50,10 @@ def _per_op(folder: Path, summary: dict, reference: str = "prefix", **kw):
 
 def evaluate_results(folder: str, as_json: bool = False, as_csv: bool = False, reference: str = "prefix",
                      **kw) -> None:
+    from ..plots.results import load_results
+
     path = Path(folder)
-    sfile = path / "summary.json"
-    if not sfile.exists():
-        raise UsageError(f"{folder} is not a launch results folder (no summary.json)",
-                         "pass the folder `cluctl launch` wrote, e.g. results/<run>/")
-    try:
-        summary = json.loads(sfile.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{sfile} cannot be read: {e}") from None
-    if not isinstance(summary, dict):
-        raise UsageError(f"{sfile} is not a launch summary (a JSON object)", "re-run the launch or restore the file")
+    summary = load_results(str(path)).summary
     if reference not in ("prefix", "retrain"):
         raise UsageError(f"--reference '{reference}' is not valid", "choose prefix or retrain")
     _per_op.trained = 0

@@ -19,10 +19,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 from .. import config as C
 from .. import resolve as R
@@ -30,41 +35,17 @@ from ..errors import NotFound, UsageError
 
 FORMAT = 1
 
-# ----------------------------------------------------------------- option table
+# ----------------------------------------------------------------- option keys (from the table)
 
-SCIENTIFIC_KEYS: tuple[str, ...] = ("dataset", "tasks", "model", "width") + tuple(C.LEARN_DEFAULTS) + tuple(C.UNLEARN_DEFAULTS)
-RUN_KEYS = ("sequence", "seeds", "seed_list", "name")
-EXECUTION_KEYS = ("devices", "gpus", "per_device", "threads", "impl", "precision", "data_root", "download", "store")
-OUTPUT_KEYS = ("out", "mia", "plots", "quiet", "reference")
-ACTION_KEYS = ("resume", "aggregate_only")
-THESIS_TOGGLES = ("salun", "mem_learning_buffer", "mem_unlearning_buffer")
-ALL_KEYS: tuple[str, ...] = SCIENTIFIC_KEYS + RUN_KEYS + EXECUTION_KEYS + OUTPUT_KEYS + ACTION_KEYS + THESIS_TOGGLES
-
-#: thesis spelling -> cluctl key (SPEC §8). Spellings equal to a cluctl key with
-#: underscores (``unlearn_batch_size``, ``salun_strength``, ``alpha``) need no entry.
-THESIS_ALIASES: dict[str, str] = {
-    "algorithm": "algo",
-    "number_of_gpus": "gpus",
-    "learn_mem_strength": "mem_strength",
-    "learn_batch_size": "batch_size",
-    "average_over_n_runs": "seeds",
-    "learning_buffer_split": "learn_buffer_split",
-    "learning_buffer_type": "learn_buffer_type",
-    "unlearning_buffer_split": "unlearn_buffer_split",
-    "unlearning_buffer_type": "unlearn_buffer_type",
-    "task_sequence": "sequence",
-}
-
-_DEFAULTS: dict[str, Any] = {
-    "sequence": "A4", "per_device": 1, "impl": "fast", "precision": "fp32", "download": False,
-    "mia": False, "plots": True, "quiet": False, "resume": None, "aggregate_only": False, "reference": "prefix",
-}
-
+SCIENTIFIC_KEYS: tuple[str, ...] = tuple(k for k in C.keys("run", "learn", "buffers", "unlearn") if k != "seed")
+THESIS_TOGGLES = C.keys("thesis")
+ALL_KEYS: tuple[str, ...] = tuple(o.key for o in C.options_for(C.X))
+#: thesis spelling -> cluctl key (SPEC §8), from the option table
+THESIS_ALIASES: dict[str, str] = C.THESIS_ALIASES
+_DEFAULTS: dict[str, Any] = {o.key: o.default for o in C.options_for(C.X)}
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
-
-
-def flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
+flag = C.flag
+available_cores = C.available_cores
 
 
 # ----------------------------------------------------------------- TOML
@@ -74,6 +55,8 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a launch config file; keys normalised to cluctl keys (thesis spellings map to
     theirs). UsageError names unknown keys and keys given twice."""
     p = Path(path)
+    if p.exists() and not p.is_dir() and (not p.is_file() or p.stat().st_size > 1 << 20):
+        raise UsageError(f"config file {p} is not a TOML file of at most 1 MiB", "pass the path of a TOML file to --config")
     try:
         with open(p, "rb") as f:
             raw = tomllib.load(f)
@@ -83,6 +66,12 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise UsageError(f"config file {p} is a directory", "pass the path of a TOML file to --config") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"config file {p} is not valid TOML: {e}", "fix the file (https://toml.io)") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {p} is not valid TOML: it is not UTF-8 text", "pass a TOML file") from None
+    except RecursionError:
+        raise UsageError(f"config file {p} nests too deeply", "launch options are plain values at the top level") from None
+    except OSError as e:
+        raise UsageError(f"config file {p} cannot be read: {e.strerror or e}", "pass a readable TOML file") from None
     return normalise_keys(raw, source=str(p))
 
 
@@ -136,34 +125,20 @@ def merge(toml_values: dict[str, Any] | None, flags: dict[str, Any]) -> dict[str
 
 
 def _int(value: Any, key: str, minimum: int = 0) -> int:
-    if isinstance(value, bool):
-        raise UsageError(f"{flag(key)} must be an integer, got {value!r}")
-    try:
-        iv = int(str(value).strip()) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag(key)} must be an integer, got {value!r}") from None
-    if not isinstance(value, str) and iv != value:
-        raise UsageError(f"{flag(key)} must be an integer, got {value!r}")
+    iv = C.check(key, value) if key in C.OPTIONS and C.OPTIONS[key].type is int else None
+    if iv is None:
+        iv = C.check_int(value, C.Option(key, int, "", (), "", "", lo=minimum))
     if iv < minimum:
         raise UsageError(f"{flag(key)} must be >= {minimum}, got {iv}")
     return iv
 
 
 def _bool(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    raise UsageError(f"{flag(key)} must be true or false, got {value!r}")
+    return C.check_bool(value, C.OPTIONS[key])
 
 
 def _toggle(value: Any, key: str) -> int:
-    iv = _int(value, key)
-    if iv not in (0, 1):
-        raise UsageError(f"--{key} must be 0 or 1, got {iv}")
-    return iv
+    return C.check(key, value)
 
 
 def parse_seed_list(value: Any) -> list[int]:
@@ -184,67 +159,20 @@ def parse_seed_list(value: Any) -> list[int]:
             raise UsageError(f"--seed-list: {item!r} is not a non-negative integer", "write e.g. --seed-list 3,7") from None
         if s < 0 or (not isinstance(item, str) and s != item):
             raise UsageError(f"--seed-list: {item!r} is not a non-negative integer", "write e.g. --seed-list 3,7")
+        if s > C.MAX_SEED:
+            raise UsageError(f"--seed-list: seed {s} does not fit in 64 bits", f"use seeds up to {C.MAX_SEED}")
         if s in seeds:
             raise UsageError(f"--seed-list names seed {s} twice")
         seeds.append(s)
     return seeds
 
 
-def visible_gpus() -> int:
-    import torch
-
-    try:
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # pragma: no cover - broken driver
-        return 0
-
-
 def parse_devices(devices: Any = None, gpus: Any = None) -> list[str]:
-    """``--devices`` (wins) or ``--gpus N``; default cuda:0 if visible, else cpu."""
-    if devices is not None:
-        items = list(devices) if isinstance(devices, (list, tuple)) else [d for d in re.split(r"[\s,]+", str(devices).strip()) if d]
-        if not items:
-            raise UsageError("--devices is empty", "write e.g. --devices cpu or --devices cuda:0,cuda:1")
-        out: list[str] = []
-        n_vis = None
-        for item in items:
-            text = str(item).strip().lower()
-            if text == "cpu":
-                dev = "cpu"
-            elif re.fullmatch(r"cuda(:\d+)?", text):
-                n_vis = visible_gpus() if n_vis is None else n_vis
-                idx = int(text.split(":")[1]) if ":" in text else 0
-                if idx >= n_vis:
-                    raise UsageError(
-                        f"--devices names {text} but {n_vis} CUDA GPU(s) are visible",
-                        "use --devices cpu, or visible GPUs" + (f" (cuda:0..cuda:{n_vis - 1})" if n_vis else ""),
-                    )
-                dev = f"cuda:{idx}"
-            else:
-                raise UsageError(f"--devices: unknown device {item!r}", "write cpu or cuda:N, comma-separated")
-            if dev in out:
-                raise UsageError(f"--devices lists {dev} twice", "use --per-device K to run K seeds at once on one device")
-            out.append(dev)
-        return out
-    if gpus is not None:
-        n = _int(gpus, "gpus")
-        if n == 0:
-            return ["cpu"]
-        n_vis = visible_gpus()
-        if n > n_vis:
-            raise UsageError(
-                f"--gpus {n} asks for {n} GPU(s) but {n_vis} {'is' if n_vis == 1 else 'are'} visible",
-                "run on the CPU with --devices cpu" + (f", or ask for at most {n_vis}" if n_vis else ""),
-            )
-        return [f"cuda:{i}" for i in range(n)]
-    return ["cuda:0"] if visible_gpus() else ["cpu"]
+    """``--devices`` (wins) or ``--gpus N``; default cuda:0 if visible, else cpu
+    (:func:`cluctl.devices.parse_device_list`, the one device parser)."""
+    from ..devices import parse_device_list
 
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    return parse_device_list(devices, gpus=None if gpus is None else _int(gpus, "gpus"), unique=True)
 
 
 # ----------------------------------------------------------------- scientific config
@@ -459,7 +387,7 @@ def make_plan(values: dict[str, Any], store=None) -> Plan:
     Store (opened from ``values["store"]`` when None)."""
     from ..api import open_store
 
-    v = apply_thesis_toggles(values)
+    v = apply_thesis_toggles(C.check_all(values))  # every value checked once, here, against the option table
     st = store if store is not None else open_store(v.get("store"))
     resume = v.get("resume")
     aggregate_only = _bool(v.get("aggregate_only") or False, "aggregate_only")

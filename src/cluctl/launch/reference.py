@@ -130,11 +130,10 @@ def run_metrics(results, reference: str = "prefix", store=None, device: str | No
     retained tasks (``"retrain"``: oracles are trained in, and cached by, the run's store).
     Returns ``{"run", "reference", "retrain_ops_trained", "rows": [{"seed", "row", "op",
     "retain_acc", "forget_acc", "tow", "clu_mix"}, ...]}``."""
-    import json as _json
     import math as _math
     from pathlib import Path
 
-    import pandas as pd
+    import numpy as np
 
     from ..api import open_store
     from ..errors import UsageError
@@ -142,31 +141,24 @@ def run_metrics(results, reference: str = "prefix", store=None, device: str | No
 
     if reference not in ("prefix", "retrain"):
         raise UsageError(f"--reference '{reference}' is not valid", "choose prefix or retrain")
-    folder = Path(results)
-    try:
-        summary = _json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError):
-        raise UsageError(f"{folder} is not a launch results folder (no readable summary.json)",
-                         "pass the folder `cluctl launch` wrote, e.g. results/<run>/") from None
-    from ..plots.results import classes_per_task
+    from ..plots.results import load_results
 
-    k = classes_per_task(summary)
+    folder = Path(results)
+    res = load_results(str(folder))  # the one reader of a results folder
+    summary, k = res.summary, res.k
     if k is None:
         raise UsageError(f"{folder}/summary.json gives neither k nor a known dataset and number of tasks",
                          "rebuild it with `cluctl launch --aggregate-only --resume RUN`")
+    if res.from_aggregate:
+        raise UsageError(f"{folder} has no seed-*/ tables", "is it a launch results folder?")
     n_tasks = int(summary.get("n_tasks") or 0)
     st = open_store(store) if reference == "retrain" else None
     execution = {"device": device, "data_root": data_root, "download": download, "threads": threads, "impl": impl}
     rows, trained = [], 0
-    for sd in sorted(folder.glob("seed-*"), key=lambda p: int(p.name.split("-", 1)[1]) if p.name[5:].isdigit() else -1):
-        if not sd.name[5:].isdigit():
-            continue
-        seed = int(sd.name[5:])
-        test = pd.read_csv(sd / "test_acc.csv")
-        train = pd.read_csv(sd / "train_acc.csv")
-        te, tr = test.drop(columns="op").to_numpy(dtype=float), train.drop(columns="op").to_numpy(dtype=float)
-        done = int((~pd.isna(te).all(axis=1)).sum())  # a diverged seed: rows up to its failure
-        ops = [str(o) for o in test["op"].tolist()][:done]
+    for j, seed in enumerate(res.seeds):
+        te, tr = res.tables["test_acc"][j], res.tables["train_acc"][j]
+        done = int((~np.isnan(te).all(axis=1)).sum())  # a diverged seed: rows up to its failure
+        ops = [str(o) for o in res.seed_ops[j]][:done]
         if not ops:
             continue
         te, tr = te[:done], tr[:done]

@@ -102,8 +102,8 @@ def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
     Returns {"seed", "ops", "done": n, "ran": n}."""
     import torch
 
-    from ..api import scores_provider
-    from ..engine import evaluate_state, learn_task, load_state, new_state, save_state, unlearn_task
+    from ..api import run_operation, scores_provider
+    from ..engine import evaluate_state, load_state, new_state, save_state
     from ..sequences import resolve_sequence
     from ..store import Store
 
@@ -184,12 +184,8 @@ def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
         # precision goes to the engine, which applies bf16 autocast to the training forward
         # passes only (the projection, evaluation and the stop rule stay float32)
         try:
-            if op.kind == "L":
-                summary = learn_task(state, op.task, progress=progress, scores_fn=scores_fn, impl=job["impl"],
-                                     precision=job["precision"])
-            else:
-                summary = unlearn_task(state, op.task, ucfg, progress=progress, impl=job["impl"],
-                                       precision=job["precision"])
+            done_op = run_operation(state, op.kind, op.task, store=store, ucfg=ucfg, scores_fn=scores_fn,
+                                    progress=progress, impl=job["impl"], precision=job["precision"], label=label)
         except Diverged as e:
             # the seed stops here: a record of the failed operation (no checkpoint) for the
             # results, the log and the plots; nothing after it runs
@@ -200,15 +196,14 @@ def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
             store.set_ref(failure_ref(run, seed), store.put_json(rec))
             report(("op-failed", seed, i, n, label, summary))
             raise
-        t1 = time.perf_counter()
-        ck = save_state(store, state, label)
+        ck, summary = done_op.id, done_op.summary
         t2 = time.perf_counter()
         ev = evaluate_state(state)
         t3 = time.perf_counter()
         mia = compute_mia(state, seed) if job.get("mia") else None
         t4 = time.perf_counter()
         summary = dict(summary)
-        summary.update(save_s=round(t2 - t1, 4), eval_s=round(t3 - t2, 4),
+        summary.update(save_s=round(done_op.save_s, 4), eval_s=round(t3 - t2, 4),
                        mia_s=round(t4 - t3, 4) if mia is not None else None, op_wall_s=round(t4 - t0, 4))
         result = {
             "type": "op-result", "format": OP_RESULT_FORMAT, "run": run, "seed": seed, "index": i, "op": label,

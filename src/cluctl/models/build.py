@@ -6,13 +6,14 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from cluctl.config import MODEL_WIDTHS
 from cluctl.errors import UsageError
 from cluctl.models.nets import MLP, ResNet18
 
 __all__ = ["DEFAULT_WIDTHS", "MODEL_KINDS", "build_model", "canonical_kind", "param_count"]
 
-MODEL_KINDS = ("resnet18", "mlp")
-DEFAULT_WIDTHS = {"resnet18": 20, "mlp": 100}
+MODEL_KINDS = tuple(MODEL_WIDTHS)
+DEFAULT_WIDTHS = dict(MODEL_WIDTHS)
 _ALIASES = {"resnet18": "resnet18", "resnet": "resnet18", "mlp": "mlp"}
 
 
