@@ -35,6 +35,7 @@ SALUN_MODES = ("gradient", "update")
 IMPLS = ("fast", "classic")
 PRECISIONS = ("fp32", "bf16")
 REFERENCES = ("prefix", "retrain")
+PROFILES = ("spec", "thesis")  # what the algorithms compute (docs/thesis-profile.md)
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 THREADS_PER_CORE = 4  # --threads beyond cores x this is refused (100000 threads exhaust memory)
@@ -129,6 +130,8 @@ TABLE: tuple[Option, ...] = (
     Option("width", int, "ResNet nf or MLP hidden units.", (L, X), "run", P_DATA, rule="model_width", lo=1),
     Option("seed", int, "Run seed: class order, initial weights, every operation's randomness.", (L,), "run",
            P_RUN, default=0, lo=0, hi=MAX_SEED),
+    Option("profile", str, "spec (SPEC's principled algorithms) or thesis (the reference code's computations, "
+           "quirks included: docs/thesis-profile.md).", (L, X), "run", P_RUN, default="spec", choices=PROFILES),
     # --- learning
     Option("learn_algo", str, "Learning algorithm: {learning}.", (L, X), "learn", P_LEARN, default="gem",
            choices="learning", flags={L: ("--algo",)}),
