@@ -301,10 +301,10 @@ def test_results_layout_from_store(tmp_path):
     for d in ("seed-0", "seed-1", "mean", "std"):
         for m in ("test_acc", "test_conf", "train_acc", "train_conf"):
             lines = (res / d / f"{m}.csv").read_text().splitlines()
-            assert lines[0] == "op,0,1,2,3,4"
-            assert [ln.split(",")[0] for ln in lines[1:]] == labels
-            assert all(len(ln.split(",")) == 6 for ln in lines)
-    assert (res / "seed-0" / "test_conf.csv").read_text().splitlines()[1].split(",")[1] == ""
+            assert lines[0] == "row,op,0,1,2,3,4"
+            assert [ln.split(",")[:2] for ln in lines[1:]] == [[str(i), op] for i, op in enumerate(labels)]
+            assert all(len(ln.split(",")) == 7 for ln in lines)
+    assert (res / "seed-0" / "test_conf.csv").read_text().splitlines()[1].split(",")[2] == ""
     metrics = (res / "metrics.csv").read_text().splitlines()
     assert metrics[0] == "seed,row,op,retain_acc,forget_acc,tow,clu_mix,steps,stopped" and len(metrics) == 1 + 8
     assert metrics[1].startswith("0,0,L0,") and metrics[1].split(",")[4] == ""  # no forgotten task yet: null
@@ -326,11 +326,12 @@ def test_results_layout_from_store(tmp_path):
     # mean/std CSVs agree with the seeds
     import numpy as np
 
-    a = np.loadtxt(res / "seed-0" / "test_acc.csv", delimiter=",", skiprows=1, usecols=range(1, 6))
-    b = np.loadtxt(res / "seed-1" / "test_acc.csv", delimiter=",", skiprows=1, usecols=range(1, 6))
-    m = np.loadtxt(res / "mean" / "test_acc.csv", delimiter=",", skiprows=1, usecols=range(1, 6))
-    sd = np.loadtxt(res / "std" / "test_acc.csv", delimiter=",", skiprows=1, usecols=range(1, 6))
-    assert np.array_equal(m, (a + b) / 2) and np.allclose(sd, np.abs(a - b) / 2)
+    a = np.loadtxt(res / "seed-0" / "test_acc.csv", delimiter=",", skiprows=1, usecols=range(2, 7))
+    b = np.loadtxt(res / "seed-1" / "test_acc.csv", delimiter=",", skiprows=1, usecols=range(2, 7))
+    m = np.loadtxt(res / "mean" / "test_acc.csv", delimiter=",", skiprows=1, usecols=range(2, 7))
+    sd = np.loadtxt(res / "std" / "test_acc.csv", delimiter=",", skiprows=1, usecols=range(2, 7))
+    # std: the sample standard deviation (ddof 1) over the two seeds
+    assert np.array_equal(m, (a + b) / 2) and np.allclose(sd, np.abs(a - b) / np.sqrt(2))
     assert list(res.rglob("*.tmp")) == []
     # no finished seed at all: an error
     p2 = plan(tmp_path, sequence="L0-2 U2", out=str(tmp_path / "res2"), seed_list="2")
@@ -343,7 +344,7 @@ def test_atomic_write_and_cells(tmp_path):
     atomic_write_text(target, "x\n")
     atomic_write_text(target, "y\n")
     assert target.read_text() == "y\n" and [p.name for p in target.parent.iterdir()] == ["b.csv"]
-    assert fmt(None) == "" and fmt(float("nan")) == "" and fmt(0.1) == "0.1" and fmt(3) == "3" and fmt("a,b") == '"a,b"'
+    assert fmt(None) == "" and fmt(float("nan")) == "" and fmt(0.1) == "0.1" and fmt(3) == "3" and fmt("a,b") == "a,b"
     x = 0.9555555582046509
     assert float(fmt(x)) == x
 

@@ -159,8 +159,8 @@ def test_launch_reports_a_diverged_operation_everywhere(diverged_launch):
             assert _weight_norm(tensors) <= DIVERGENCE_FACTOR * _weight_norm(parent)
     # the seed's partial tables are kept, with empty rows from the failure on
     test = list(csv.reader(open(out / "seed-0" / "test_acc.csv")))
-    assert test[8][0] == "U2" and all(v == "" for v in test[8][1:])
-    assert test[7][0] == "U3" and all(v != "" for v in test[7][1:])
+    assert test[8][:2] == ["7", "U2"] and all(v == "" for v in test[8][2:])
+    assert test[7][:2] == ["6", "U3"] and all(v != "" for v in test[7][2:])
 
 
 def test_single_unlearn_that_diverges_fails_and_writes_nothing(diverged_launch):

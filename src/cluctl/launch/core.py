@@ -123,7 +123,7 @@ def aggregate(plan: Plan, store, console: Console, complete_only_ok: bool = True
     mia = plan.mia or have_mia
     refs, trained = retrain_refs(plan, store, run_obj, complete, console)
     out = write_results(plan.out, run_obj, complete, mia=mia, failed=failed_seeds, references=refs,
-                        reference=plan.reference, retrain_ops=trained)
+                        reference=plan.reference, retrain_ops=trained, store=store)
     if plan.plots:
         make_plots(out)
     return LaunchOutcome(plan.run, out, EXIT_FAILED if failed_seeds else EXIT_OK, complete=list(complete),
@@ -176,7 +176,7 @@ def execute(plan: Plan, store=None, console: Console | None = None, live: bool |
     if complete or failed_seeds:
         refs, trained = retrain_refs(plan, st, run_obj, complete, console)
         out = write_results(plan.out, run_obj, complete, mia=plan.mia, failed=failed_seeds, references=refs,
-                            reference=plan.reference, retrain_ops=trained)
+                            reference=plan.reference, retrain_ops=trained, store=st)
         if plan.plots:
             make_plots(out)
     code = EXIT_FAILED if failed or incomplete else EXIT_OK

@@ -3,9 +3,12 @@
 ```
 results/<run>/
   summary.json                      run, sequence, ops, algo, dataset, n_tasks, k, seeds, mean, std
-  seed-<s>/{test,train}_{acc,conf}.csv   column "op", then one column per task; row i = after op i
-  mean/..., std/...                 the same four tables aggregated (used only when no seed-* exists)
-  metrics.csv                       seed,row,op,retain_acc,forget_acc,tow,clu_mix
+  seed-<s>/{test,train}_{acc,conf}.csv   columns "row" (0..n-1; absent in folders written before
+                                    it), "op", then one column per task; row i = after op i
+  mean/..., std/...                 the same four tables aggregated (used only when no seed-* exists);
+                                    std: ddof 1, empty for one seed (ddof 0 in older folders)
+  metrics.csv                       seed,row,op,retain_acc,forget_acc,tow,clu_mix,steps,stopped
+  results.csv                       the same numbers in one long table (not read here)
   mia.csv                           optional: seed,row,op,task,status,attack,members,acc,auc,cv_acc,efficacy
 ```
 
@@ -109,12 +112,13 @@ class Results:
         return 1.0 / self.k if self.k else None
 
     def mean_std(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard deviation over seeds (population std, ddof=0) of one
-        table: two (n_ops, n_tasks) arrays; NaN where no seed has a value."""
+        """Mean and sample standard deviation over seeds (ddof 1) of one table: two
+        (n_ops, n_tasks) arrays; mean NaN where no seed has a value, std NaN where
+        fewer than two have (from std/ as written when only mean/ exists)."""
         if self.from_aggregate:
             mean = self.tables[name][0]
             std = self.std_tables.get(name)
-            return mean, (np.zeros_like(mean) if std is None else std)
+            return mean, (np.full_like(mean, np.nan) if std is None else std)
         return _nanmean_std(self.tables[name])
 
     def metric(self, column: str) -> np.ndarray:
@@ -132,15 +136,19 @@ class Results:
         return out
 
 
+STD_DDOF = 1  # every std a results folder or a figure reports is the sample std
+
+
 def _nanmean_std(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean/std over axis 0 ignoring NaN, without numpy's empty-slice warnings."""
+    """Mean and sample std (ddof 1) over axis 0 ignoring NaN, without numpy's
+    empty-slice warnings; std NaN where fewer than two values."""
     ok = ~np.isnan(a)
     n = ok.sum(axis=0)
     total = np.where(ok, a, 0.0).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
         dev = np.where(ok, a - mean, 0.0)
-        std = np.where(n > 0, np.sqrt((dev**2).sum(axis=0) / np.maximum(n, 1)), np.nan)
+        std = np.where(n > STD_DDOF, np.sqrt((dev**2).sum(axis=0) / np.maximum(n - STD_DDOF, 1)), np.nan)
     return mean, std
 
 
@@ -156,7 +164,11 @@ def _read_table(path: str, n_tasks_hint: int | None) -> tuple[list[str], np.ndar
         _fail(path, f"cannot read the table ({' '.join(str(exc).split())[:120]})", "re-run or re-aggregate the launch")
     if "op" not in df.columns:
         _fail(path, "has no 'op' column", "the first column must be the op label (L0, U3, ...)")
-    task_cols = [c for c in df.columns if c != "op"]
+    if "row" in df.columns:  # written since the row column exists: rows 0..n-1 in order
+        rows = pd.to_numeric(df["row"], errors="coerce")
+        if rows.isna().any() or rows.tolist() != list(range(len(df))):
+            _fail(path, "its 'row' column is not 0, 1, ..., n-1", "re-run or re-aggregate the launch")
+    task_cols = [c for c in df.columns if c not in ("op", "row")]
     try:
         ids = sorted(int(c) for c in task_cols)
     except ValueError:
@@ -376,7 +388,8 @@ def summary_value(res: Results, key: str) -> tuple[float | None, float | None]:
     vals = [e.get(key) for e in (s.get("seeds") or []) if isinstance(e, dict)]
     vals = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
     mean = _num((s.get("mean") or {}).get(key)) if key in (s.get("mean") or {}) else (float(np.mean(vals)) if vals else None)
-    std = _num((s.get("std") or {}).get(key)) if key in (s.get("std") or {}) else (float(np.std(vals)) if len(vals) > 1 else None)
+    std = (_num((s.get("std") or {}).get(key)) if key in (s.get("std") or {})
+           else (float(np.std(vals, ddof=STD_DDOF)) if len(vals) > STD_DDOF else None))
     return mean, std
 
 
