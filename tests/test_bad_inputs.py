@@ -282,7 +282,7 @@ CASES = [
     ("memorize-estimate-subset-1.5", ["memorize", "estimate", "--subset", "1.5"], ["--subset"], "main"),
     ("memorize-estimate-models-1", ["memorize", "estimate", "--models", "1"], ["--models"], "main"),
     ("memorize-estimate-method", ["memorize", "estimate", "--method", "magic"], ["magic"], "main"),
-    ("memorize-estimate-workers-0", ["memorize", "estimate", "--workers", "0"], ["--workers"], "main"),
+    ("memorize-estimate-workers-0", ["memorize", "estimate", "--workers", "0"], ["--per-device"], "main"),
     ("memorize-estimate-threads-negative", ["memorize", "estimate", "--models", "2", "--threads", "-1"], ["--threads"], "main"),
     ("memorize-estimate-cifar-missing", ["memorize", "estimate", "--dataset", "cifar100", "--data-root", "/nonexistent"],
      ["cifar-100", "/nonexistent"], "main"),

@@ -264,7 +264,7 @@ def test_estimator_worker_processes_match_in_process(digits):
         (dict(epochs=0), "--epochs"),
         (dict(lr=-0.1), "--lr"),
         (dict(devices="tpu:0"), "tpu"),
-        (dict(workers=0), "--workers"),
+        (dict(workers=0), "--per-device"),
         (dict(model="transformer"), "transformer"),
     ],
 )
@@ -334,7 +334,7 @@ def test_confidence_proxy_deterministic(digits):
     assert np.all((a >= 0) & (a <= 1))
 
 
-def test_cached_proxy_computes_once(store, digits, monkeypatch, capsys):
+def test_cached_proxy_computes_once(store, digits, monkeypatch, caplog):
     calls = []
     real = M.confidence_proxy
 
@@ -343,15 +343,20 @@ def test_cached_proxy_computes_once(store, digits, monkeypatch, capsys):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(M.proxy, "confidence_proxy", counting)  # where cached_proxy calls it
-    s1, oid1 = M.cached_proxy(store, digits, "mlp", 16, seed=7, threads=1)
+    with caplog.at_level("INFO", logger="cluctl"):
+        s1, oid1 = M.cached_proxy(store, digits, "mlp", 16, seed=7, threads=1)
     assert len(calls) == 1
-    assert "confidence proxy" in capsys.readouterr().err
+    # announced (through logging) with its cost: epochs and images, and how to skip it
+    assert "confidence proxy" in caplog.text and f"{len(digits.y_train):,} training images" in caplog.text
+    assert "--mem-scores" in caplog.text
     ref = M.proxy_ref(digits, "mlp", 16, 7)
     assert ref == f"scores/proxy/{digits.fingerprint[:16]}-mlp-16-seed7"
     assert store.get_ref(ref) == oid1
-    s2, oid2 = M.cached_proxy(store, digits, "mlp", 16, seed=7, threads=1)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cluctl"):
+        s2, oid2 = M.cached_proxy(store, digits, "mlp", 16, seed=7, threads=1)
     assert len(calls) == 1 and oid2 == oid1 and np.array_equal(s1, s2)
-    assert capsys.readouterr().err == ""
+    assert caplog.text == ""  # a cache hit says nothing
     _, meta = M.load_scores(store, oid1, dataset=digits)
     assert meta["method"] == "confidence" and meta["params"]["seed"] == 7
     # another seed is another cache entry

@@ -134,7 +134,7 @@ TABLE: tuple[Option, ...] = (
            "quirks included: docs/thesis-profile.md).", (L, X), "run", P_RUN, default="spec", choices=PROFILES),
     # --- learning
     Option("learn_algo", str, "Learning algorithm: {learning}.", (L, X), "learn", P_LEARN, default="gem",
-           choices="learning", flags={L: ("--algo",)}),
+           choices="learning", flags={L: ("--learn-algo", "--algo")}),
     Option("lr", float, "Learning rate.", (L, X), "learn", P_LEARN, default=0.1, lo=0.0, hi=math.inf, lo_open=True),
     Option("batch_size", int, "Batch size.", (L, X), "learn", P_LEARN, default=10, lo=1, thesis=("learn_batch_size",)),
     Option("epochs", int, "Epochs over each task.", (L, X), "learn", P_LEARN, default=3, lo=1),

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..data import registry as _datasets
 from .options import typer_option
@@ -28,6 +28,31 @@ ThreadsOpt = typer_option("threads")
 ImplOpt = typer_option("impl", default="fast")
 QuietOpt = typer_option("quiet", default=False)
 DATASET_CHOICES = _datasets.choices()  # from the dataset registry (one module per dataset)
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """The library's messages (logger ``cluctl``) on stderr: through rich on a terminal,
+    as ``<time> <message>`` lines elsewhere (log files, Slurm output); ``quiet`` keeps
+    warnings only. Library users configure ``logging`` themselves (by default Python shows
+    warnings and keeps the rest quiet)."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("cluctl")
+    for h in [h for h in logger.handlers if getattr(h, "_cluctl_cli", False)]:
+        logger.removeHandler(h)
+    if err.is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=err, show_time=False, show_level=False, show_path=False,
+                                               markup=False, highlighter=None)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler._cluctl_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
 
 
 def open_store(path: Optional[str], must_exist: bool = False):
@@ -50,7 +75,7 @@ def progress_bar(enabled: bool = True, description: str = "working"):
         return
     prog = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[msg]}"),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[msg]}"),
         console=err, transient=True,
     )
     with prog:

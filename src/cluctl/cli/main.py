@@ -18,7 +18,8 @@ from typer.exceptions import TyperException
 
 from .. import __version__
 from ..errors import CluctlError
-from .common import DataRootOpt, DeviceOpt, DownloadOpt, ImplOpt, StoreOpt, ThreadsOpt, err, open_store, print_json, progress_bar
+from .common import (DataRootOpt, DeviceOpt, DownloadOpt, ImplOpt, StoreOpt, ThreadsOpt, err, open_store, print_json,
+                     progress_bar, setup_logging)
 from .options import command_options, typer_option
 
 app = typer.Typer(
@@ -28,7 +29,7 @@ app = typer.Typer(
     "Example: cluctl learn --task 0 --dataset digits | xargs -I{} cluctl learn --task 1 --from {}",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -42,7 +43,7 @@ def _version(value: bool):
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")):
-    pass
+    setup_logging()
 
 
 # ------------------------------------------------------------------ learn
@@ -55,14 +56,29 @@ def _operation_call(values: dict) -> tuple[dict, dict]:
     v = {k: val for k, val in values.items() if val is not None}
     ex = {k: v.pop(k) for k in ("device", "data_root", "impl", "precision", "threads") if k in v}
     ex["download"] = bool(v.pop("download", False))
-    for k in ("task", "from_ref", "tag", "store", "quiet"):
+    for k in ("task", "from_ref", "tag", "store", "quiet", "as_json"):
         v.pop(k, None)
     assert all(k in OPTIONS for k in v)
     return ex, v
 
 
+def _json_param():
+    import inspect
+
+    return [inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                              default=typer.Option(False, "--json", rich_help_panel="Output",
+                                                   help='Print {"id": ..., "summary": {...}} as JSON instead of the id.'))]
+
+
+def _print_result(res, as_json: bool) -> None:
+    if as_json:
+        print_json({"id": res.id, "summary": res.summary})
+    else:
+        typer.echo(res.id)
+
+
 @app.command()
-@command_options("learn")
+@command_options("learn", own=_json_param())
 def learn(**values):
     """Learn one task, from scratch or continuing a checkpoint; prints the new checkpoint id.
 
@@ -73,6 +89,7 @@ def learn(**values):
     from .. import api
 
     task, tag, quiet = values["task"], values.get("tag"), bool(values.get("quiet"))
+    setup_logging(quiet)
     if tag is not None:
         from ..store import Store
 
@@ -87,14 +104,14 @@ def learn(**values):
     if not quiet:
         err.print(f"learned task {task} ({s['algo']}): {s['steps']} steps, {s['projections']} projections, "
                   f"{s['qp_fallbacks']} QP fallbacks, buffers of {s['buffer_size']}, {s['wall_s']:.1f} s")
-    typer.echo(res.id)
+    _print_result(res, bool(values.get("as_json")))
 
 
 # ------------------------------------------------------------------ unlearn
 
 
 @app.command()
-@command_options("unlearn")
+@command_options("unlearn", own=_json_param())
 def unlearn(**values):
     """Forget one learned task; prints the new checkpoint id.
 
@@ -105,6 +122,7 @@ def unlearn(**values):
     from .. import api
 
     task, tag, quiet = values["task"], values.get("tag"), bool(values.get("quiet"))
+    setup_logging(quiet)
     if tag is not None:
         from ..store import Store
 
@@ -125,7 +143,7 @@ def unlearn(**values):
             err.print(f"unlearned task {task} ({s['algo']}): {s['steps']} steps, forget accuracy "
                       f"{s['final_forget_acc']:.3f} ({how}, stop at {s['stop_acc']:.3f}), "
                       f"{s['projections']} projections, {s['qp_fallbacks']} QP fallbacks, {s['wall_s']:.1f} s")
-    typer.echo(res.id)
+    _print_result(res, bool(values.get("as_json")))
 
 
 # ------------------------------------------------------------------ evaluate

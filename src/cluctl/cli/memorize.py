@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from ..errors import UsageError
-from .common import DATASET_CHOICES, DataRootOpt, DownloadOpt, QuietOpt, StoreOpt, err, open_store, progress_bar
+from .common import DATASET_CHOICES, DataRootOpt, DownloadOpt, QuietOpt, StoreOpt, err, open_store, progress_bar, setup_logging
 
 app = typer.Typer(
     help="Memorization scores for ranked replay buffers: import Feldman & Zhang's file or estimate them. "
@@ -52,6 +52,7 @@ def import_cmd(
     from ..buffers.memorization import import_scores, load_scores
     from ..data import load_dataset
 
+    setup_logging(quiet)
     ds = load_dataset(dataset, data_root=data_root, download=download)
     st = open_store(store)
     oid = import_scores(st, file, ds)
@@ -83,7 +84,7 @@ def estimate_cmd(
     momentum: Optional[float] = typer.Option(None, "--momentum", help="SGD momentum (default: 0.9 for fz, so the models fit; 0 for confidence)."),
     seed: int = typer.Option(0, "--seed", help="Model j's subset, init and shuffling are seeded by (seed, j)."),
     devices: Optional[str] = typer.Option(None, "--devices", help="cpu or a comma list like cuda:0,cuda:1 (default: cuda:0 if visible, else cpu)."),
-    workers: int = typer.Option(1, "--workers", help="Processes per device (fz); 1 with one device runs in this process."),
+    workers: int = typer.Option(1, "--per-device", "--workers", help="Processes per device (fz), as launch's --per-device (also spelled --workers); 1 with one device runs in this process."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per process (default: all cores in-process; cores / processes for workers)."),
     store: Optional[str] = StoreOpt,
     data_root: Optional[str] = DataRootOpt,
@@ -99,13 +100,14 @@ def estimate_cmd(
     from ..buffers import memorization as M
     from ..data import load_dataset
 
+    setup_logging(quiet)
     meth = _method(method)
     if not (isinstance(subset, float) and math.isfinite(subset) and 0.0 < subset < 1.0):
         raise UsageError(f"--subset must be in (0, 1), got {subset}", "e.g. --subset 0.7 (Feldman & Zhang's choice)")
     if meth == "feldman-zhang" and models < 2:
         raise UsageError(f"--models must be at least 2, got {models}", "Feldman & Zhang used thousands; 64-100 is a usable minimum")
     if workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
+        raise UsageError(f"--per-device must be at least 1, got {workers}")
     defaults = M.ESTIMATE_DEFAULTS if meth == "feldman-zhang" else M.PROXY_DEFAULTS
     epochs = defaults["epochs"] if epochs is None else epochs
     momentum = defaults["momentum"] if momentum is None else momentum

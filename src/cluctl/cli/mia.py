@@ -14,7 +14,7 @@ def mia(
     task: int = typer.Option(..., "--task", "-t", help="Task whose membership is attacked."),
     members: str = typer.Option("train", "--members", help="train (the task's training samples) or buffer (its replay buffer)."),
     attack: str = typer.Option("loss", "--attack", help="loss (loss-based logistic attack) or efficacy (SalUn's MIA-efficacy)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Attack's sampling seed (default: the run seed)."),
+    seed: Optional[int] = typer.Option(None, "--attack-seed", "--seed", help="The attack's sampling seed, not the run's (also spelled --seed) (default: the run seed)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: Optional[str] = DeviceOpt,
     store: Optional[str] = StoreOpt,

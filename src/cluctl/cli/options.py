@@ -9,7 +9,7 @@ thesis spellings, help line, default and panel come from its one row there.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import typer
 
@@ -83,10 +83,63 @@ def flags_for(o: C.Option, command: str | None) -> list[str]:
     return names
 
 
+def _registry_names(name: str) -> list[str]:
+    if name == "learning":
+        from .. import learning
+
+        return list(learning.names())
+    if name == "unlearning":
+        from .. import unlearning
+
+        return list(unlearning.names())
+    if name == "datasets":
+        from ..data import registry
+
+        return [f"{k.name}:" if k.path_arg else k.name for k in registry.kinds()]
+    if name == "models":
+        return list(C.MODEL_WIDTHS)
+    return []
+
+
+def complete_ref(ctx, incomplete: str) -> list[str]:
+    """Shell completion of a checkpoint reference: tags, run refs and checkpoint ids of the
+    store (``--store``, $CLUCTL_STORE or ./store); nothing when there is no store."""
+    import os
+    from pathlib import Path
+
+    root = Path((ctx.params.get("store") if ctx is not None else None) or os.environ.get("CLUCTL_STORE") or "store")
+    if not (root / "VERSION").is_file():
+        return []
+    try:
+        from ..store import Store
+
+        st = Store.open(root)
+        names = [r for r in st.list_refs("") if not r.startswith(("scores/", "runs/")) or "/seed-" in r]
+    except Exception:  # completion never fails loudly
+        return []
+    out = [n for n in names if n.startswith(incomplete)]
+    out += [n[len("checkpoints/"):] for n in names if n.startswith("checkpoints/" + incomplete) or
+            (n.startswith("checkpoints/") and n[len("checkpoints/"):].startswith(incomplete))]
+    return sorted(set(out))[:200]
+
+
+def _completer(o: C.Option):
+    if o.key == "from_ref":
+        return complete_ref
+    if isinstance(o.choices, str):
+        return lambda incomplete: [n for n in _registry_names(o.choices) if n.startswith(incomplete.lower())]
+    return None
+
+
 def typer_option(key: str, command: str | None = None, default: Any = None, **extra: Any):
     """The ``typer.Option`` of table row ``key`` (for ``command``'s spellings)."""
     o = C.OPTIONS[key]
     kw: dict[str, Any] = {"help": help_text(o), "show_default": False}
+    if isinstance(o.choices, tuple):
+        kw["case_sensitive"] = False
+    completer = _completer(o)
+    if completer is not None:
+        kw["autocompletion"] = completer
     if o.envvar:
         kw.update(envvar=o.envvar, show_envvar=False)
     if command is not None:
@@ -96,8 +149,11 @@ def typer_option(key: str, command: str | None = None, default: Any = None, **ex
     return typer.Option(... if required else default, *flags_for(o, command), **kw)
 
 
-def _annotation(o: C.Option, command: str):
-    return o.type if command in o.required else Optional[o.type]
+def annotation(o: C.Option, command: str | None = None):
+    """The parameter's type: a Literal of the choices (so --help and completion list them),
+    else the table's type; Optional unless the command requires the option."""
+    t = Literal[o.choices] if isinstance(o.choices, tuple) else o.type
+    return t if command in o.required else Optional[t]
 
 
 def command_options(command: str, own: list[inspect.Parameter] | None = None, skip: tuple[str, ...] = ()):
@@ -110,7 +166,7 @@ def command_options(command: str, own: list[inspect.Parameter] | None = None, sk
             if o.key in skip:
                 continue
             params.append(inspect.Parameter(o.key, inspect.Parameter.KEYWORD_ONLY,
-                                            default=typer_option(o.key, command), annotation=_annotation(o, command)))
+                                            default=typer_option(o.key, command), annotation=annotation(o, command)))
         params += list(own or [])
         fn.__signature__ = inspect.Signature(params)
         fn.__annotations__ = {p.name: p.annotation for p in params}
@@ -119,4 +175,4 @@ def command_options(command: str, own: list[inspect.Parameter] | None = None, sk
     return wrap
 
 
-__all__ = ["command_options", "typer_option", "help_text", "flags_for"]
+__all__ = ["command_options", "typer_option", "help_text", "flags_for", "annotation", "complete_ref"]

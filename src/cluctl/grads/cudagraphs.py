@@ -127,11 +127,12 @@ def _graphed_on_device(model: nn.Module, batches: list[TaskBatch], dev: torch.de
         _GRAPHS_BROKEN.append(f"{type(exc).__name__}: {exc}")
         release_graphs()
         torch.cuda.synchronize(dev)
-        import sys
+        import logging
 
-        print(f"warning: CUDA graph capture of the reference gradients failed ({type(exc).__name__}: "
-              f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); using the eager fast path from now on "
-              f"(if this process misbehaves later, rerun it with CLUCTL_CUDA_GRAPHS=0)", file=sys.stderr)
+        logging.getLogger(__name__).warning(
+            "warning: CUDA graph capture of the reference gradients failed (%s: %s); using the eager fast path from "
+            "now on (if this process misbehaves later, rerun it with CLUCTL_CUDA_GRAPHS=0)",
+            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
         return result
     entry.graph, entry.out, entry.stream = graph, out, side
     GRAPH_STATS["captures"] += 1

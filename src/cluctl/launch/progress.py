@@ -2,7 +2,8 @@
 
 On a terminal: a live rich table, one row per seed (seed, device, op i/n, current op,
 step progress, status, elapsed). Elsewhere (a log file, Slurm's output, a test): plain
-lines, one per event that matters (start, each finished operation, done, failure).
+lines, one per event that matters (start, each finished operation, done, failure), each
+starting with its local time.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
 def stderr_console() -> Console:
@@ -41,6 +42,8 @@ class Display:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[status]}"),
                 TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
                 console=console, transient=False, refresh_per_second=4,
             )
             for seed, dev in seeds:
@@ -58,8 +61,9 @@ class Display:
             self._progress.stop()
 
     def _line(self, text: str) -> None:
-        if not self.quiet and not self.live:
-            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        if not self.quiet and not self.live:  # a log file: each line with its time
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            self.console.print(f"{stamp} {text}", markup=False, highlight=False, soft_wrap=True)
 
     def _update(self, seed: int, **fields) -> None:
         if self._progress is not None and seed in self._tasks:

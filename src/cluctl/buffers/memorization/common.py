@@ -26,12 +26,6 @@ _TAG_PROXY = 0x9C
 ProgressFn = Callable[[int, int, str], None]  # (done, total, message)
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
-
-
 def _seed(seed: int, j: int, tag: int) -> int:
     """A 63-bit seed derived from (seed, j, tag)."""
     s = np.random.SeedSequence([int(seed), int(j), int(tag), 0xE5]).generate_state(2, dtype=np.uint32)

@@ -61,7 +61,7 @@ def estimate_memorization(dataset, models: int = 100, subset: float = 0.7, epoch
     batch_size = _check_int("--batch-size", batch_size, 2)
     momentum = _check_float("--momentum", momentum, 0.0, 1.0, lo_open=False)
     seed = _check_int("--seed", seed, 0)
-    workers = _check_int("--workers", workers, 1)
+    workers = _check_int("--per-device", workers, 1)
     devs = _parse_devices(devices)
     n = len(ds.y_train)
     if n < 2:

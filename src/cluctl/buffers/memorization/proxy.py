@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import time
 
 import numpy as np
@@ -17,12 +19,13 @@ from .common import (
     _as_dataset,
     _check_float,
     _check_int,
-    _console,
     _resolve_model,
     _seed,
 )
 from .scores import load_scores, save_scores
 from .training import _eval_batch, _fit, _logits_apply, _steps_per_epoch, _threads
+
+log = logging.getLogger(__name__)
 
 
 def confidence_proxy(dataset, model: str, width: int | None, seed: int, epochs: int = 5, lr: float = 0.05,
@@ -97,16 +100,16 @@ def cached_proxy(store, dataset, model: str, width, seed: int, device=None,
             return scores, oid
         except CluctlError as e:
             if not quiet:
-                _console().print(f"warning: cached proxy {ref} is unusable ({e}); computing it again")
+                log.warning("warning: cached proxy %s is unusable (%s); computing it again", ref, e)
     from cluctl.devices import resolve_device
 
     dev = resolve_device(str(device) if device is not None else None)
     if not quiet:
-        _console().print(
-            f"memorization scores: none given, so computing the confidence proxy for {ds.name} "
-            f"({kind} width {w}, seed {seed}, {PROXY_DEFAULTS['epochs']} epochs on {dev}) once; "
-            f"it is cached in the store as {ref}"
-        )
+        log.info("memorization scores: none given, so computing the confidence proxy for %s once: %s width %s, "
+                 "seed %s, %s epochs over all %s training images on %s (on a CPU, CIFAR-100 takes half an hour or "
+                 "more; give --mem-scores or --learn-buffer-type/--unlearn-buffer-type random to skip it); it is "
+                 "cached in the store as %s", ds.name, kind, w, seed, PROXY_DEFAULTS["epochs"], f"{len(ds.y_train):,}",
+                 dev, ref)
     t0 = time.perf_counter()
     scores = confidence_proxy(ds, kind, w, seed, device=dev, progress=progress, threads=threads, **PROXY_DEFAULTS)
     meta = {
@@ -119,7 +122,7 @@ def cached_proxy(store, dataset, model: str, width, seed: int, device=None,
     oid = save_scores(store, scores, meta)
     store.set_ref(ref, oid)
     if not quiet:
-        _console().print(f"cached confidence proxy {oid[:12]} as {ref} ({time.perf_counter() - t0:.1f} s)")
+        log.info("cached confidence proxy %s as %s (%.1f s)", oid[:12], ref, time.perf_counter() - t0)
     return scores, oid
 
 
