@@ -304,10 +304,17 @@ def test_same_algorithm_twice_gets_distinct_styles():
     assert styles[0]["color"] == algo_color("neggem") and styles[2]["color"] == algo_color("neggrad")
     assert styles[1]["color"] != styles[0]["color"] and styles[1]["linestyle"] != styles[0]["linestyle"]
     assert algo_color("NegGEM") == algo_color("neggem") != algo_color("negagem")
-    assert run_labels([("neggem", "a4-neggem-3f9c2e1b", "x")]) == ["neggem (a4-neggem-3f9c)"]
-    # short labels that would collide fall back to full run names
-    labels = run_labels([("neggem", "a4-neggem-3f9c2e1b", "x"), ("neggem", "a4-neggem-3f9c0000", "y")])
-    assert labels == ["neggem (a4-neggem-3f9c2e1b)", "neggem (a4-neggem-3f9c0000)"]
+    # legends name the algorithm, never the run hash; runs of one algorithm by the options that differ
+    assert run_labels([("neggem", "a4-neggem-3f9c2e1b", "x")]) == ["neggem"]
+    runs = [("neggem", "a4-neggem-3f9c2e1b", "x"), ("neggem", "a4-neggem-3f9c0000", "y"), ("neggrad", "r", "z")]
+    assert run_labels(runs, [{"algo": "neggem", "alpha": 0.9, "lr": 0.1}, {"algo": "neggem", "alpha": 0.5, "lr": 0.1},
+                             {}]) == ["neggem (alpha=0.9)", "neggem (alpha=0.5)", "neggrad"]
+    assert run_labels(runs[:2], [{}, {}], ["A4", "B4"]) == ["neggem (A4)", "neggem (B4)"]
+    labels = run_labels(runs[:2])  # nothing tells them apart: numbered, still no hash
+    assert labels == ["neggem (#1)", "neggem (#2)"] and not any("3f9c" in lab for lab in labels)
+    # the old style on request: short hashes, full run names when short ones would collide
+    assert run_labels(runs[:1], hashes=True) == ["neggem (a4-neggem-3f9c)"]
+    assert run_labels(runs[:2], hashes=True) == ["neggem (a4-neggem-3f9c2e1b)", "neggem (a4-neggem-3f9c0000)"]
 
 
 # --------------------------------------------------------------------------- errors
@@ -376,7 +383,7 @@ def test_cli_default_out_dir_and_options(two_runs, cli_app, monkeypatch):
     _, a, b = two_runs
     calls = []
 
-    def fake(dirs, out_dir, fmt="png", dpi=120):
+    def fake(dirs, out_dir, fmt="png", dpi=120, **kw):
         calls.append((list(dirs), out_dir, fmt, dpi))
         return [os.path.join(out_dir, f"tasks_test.{fmt}")]
 

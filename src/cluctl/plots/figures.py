@@ -6,13 +6,22 @@ a notebook), and every figure is freed when written.
 
 Conventions shared by every figure: one colour per algorithm (:func:`~.style.algo_color`),
 a second run of the same algorithm gets a shade and another line style; a line is
-the mean over seeds and the band mean ± std (population std over seeds, ddof = 0);
+the mean over seeds and the band mean ± s.d. (the sample standard deviation over seeds,
+ddof = 1; no band for one seed), which the legend says ("mean ± s.d., 3 seeds");
 x = operation index, labelled with the operation (row i = the state after op i).
+Task backgrounds are neutral greys (learned: grey, forgotten: hatched), so no run's
+colour sits on a band of its own hue.
+
+Sizes: the default is a screen figure (12 in wide); ``size="single"`` (3.3 in) and
+``"double"`` (6.9 in) are journal column widths with fonts of 6.5-9 pt at that size;
+``title=False`` leaves titles out (a paper's caption says it); ``labels`` renames runs in
+legends (by run name, folder or folder name). Legends never show run hashes.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -33,13 +42,19 @@ from .style import (
     CHANCE_COLOR,
     LEARN_LINE,
     STATUS_COLORS,
+    STATUS_EDGE,
+    STATUS_HATCH,
     UNLEARN_LINE,
     op_ticks,
     run_labels,
     run_styles,
+    strip_hash,
 )
 
-__all__ = ["FORMATS", "FIGURES", "standard_figures", "check_format"]
+__all__ = ["FORMATS", "FIGURES", "SIZES", "standard_figures", "check_format", "check_size", "parse_labels",
+           "sequence_warning"]
+
+log = logging.getLogger("cluctl.plots")
 
 FORMATS = ("png", "pdf", "svg")
 #: every figure standard_figures can write, in order (mia_auc only when some run has mia.csv)
@@ -47,8 +62,38 @@ FIGURES = ("tasks_test", "tasks_train", "tasks_confidence", "tow", "clu_mix", "m
 
 GRID_SIZE = (12.0, 7.0)  # inches, for up to 3 x 3 tasks; larger task counts grow it
 LINE_SIZE = (12.0, 6.0)
-UNLEARN_SHADE = "#fcefed"  # background of the unlearning ops in the single-axes figures
+UNLEARN_SHADE = "#efefef"  # background of the unlearning ops in the single-axes figures (neutral)
+BAND_ALPHA = 0.17
 BETA = 0.2  # CLU_mix's beta (SPEC §7): a perfect run without gain scores 1 / (1 + beta)
+
+
+@dataclass(frozen=True)
+class _Look:
+    """Sizes (inches) and fonts (points) of one figure size."""
+
+    name: str
+    width: float | None  # None: the screen figures' own widths
+    title: float = 13
+    label: float = 10
+    tick: float = 8
+    legend: float = 9
+    task_title: float = 10
+    lw: float = 1.8
+    ms: float = 3.2
+    row_h: float = 2.1  # height of one row of task subplots
+    line_h: float = 6.0  # height of the single-axes figures
+    legend_cols: int = 4
+
+
+#: figure sizes: None = screen (12 in), single / double column of a two-column paper
+LOOKS = {
+    None: _Look("screen", None),
+    "double": _Look("double", 6.9, title=9, label=8, tick=7, legend=7, task_title=8, lw=1.3, ms=2.4, row_h=1.45,
+                    line_h=2.9, legend_cols=4),
+    "single": _Look("single", 3.3, title=8, label=7, tick=6.5, legend=6.5, task_title=7, lw=1.0, ms=1.8,
+                    row_h=1.1, line_h=2.4, legend_cols=2),
+}
+SIZES = ("single", "double")
 
 
 # --------------------------------------------------------------------------- context
@@ -68,6 +113,15 @@ class _Ctx:
     where: str  # "digits, A4, 5 tasks, 3 seeds"
     diverged_rows: set = field(default_factory=set)  # rows at which some seed diverged (stopped)
     max_epochs_rows: set = field(default_factory=set)  # unlearning that hit --max-epochs
+    look: _Look = LOOKS[None]
+    titles: bool = True
+    band_label: str = "mean ± s.d."
+
+    def title(self, text: str) -> str | None:
+        """A figure's title: with the run facts on screen, the title alone at paper sizes."""
+        if not self.titles:
+            return None
+        return f"{text} — {self.where}" if self.look.width is None else text
 
     @property
     def n_ops(self) -> int:
@@ -89,7 +143,16 @@ def _status_rows(ops: list[str], n_tasks: int) -> list[list[str]]:
     return out
 
 
-def _context(runs: list[Results]) -> _Ctx:
+def _band_label(runs: list[Results]) -> str:
+    counts = sorted({r.n_seeds for r in runs})
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    if counts[-1] < 2:
+        return f"mean of {n} seed (no s.d.)"
+    return f"mean ± s.d., {n} seeds"
+
+
+def _context(runs: list[Results], look: _Look = LOOKS[None], titles: bool = True,
+             labels: dict[str, str] | None = None) -> _Ctx:
     n_tasks = runs[0].n_tasks
     n_ops = max(r.n_ops for r in runs)
     all_ops = [ops for r in runs for ops in r.seed_ops]
@@ -121,11 +184,50 @@ def _context(runs: list[Results]) -> _Ctx:
                      if isinstance(f, dict) and isinstance(f.get("row"), int)}
     max_epochs_rows = {int(f["row"]) for r in runs for f in (r.summary.get("max_epochs_ops") or [])
                        if isinstance(f, dict) and isinstance(f.get("row"), int)}
+    names = run_labels([(r.algo, r.run, r.path) for r in runs], [r.summary.get("config") or {} for r in runs],
+                       [r.sequence for r in runs])
+    for j, r in enumerate(runs):
+        for key in _label_keys(r):
+            if labels and key in labels:
+                names[j] = labels[key]
+                break
     return _Ctx(
-        runs=runs, labels=run_labels([(r.algo, r.run, r.path) for r in runs]), styles=run_styles(algos),
+        runs=runs, labels=names, styles=run_styles(algos),
         ops=ops, status=status, learn_at=learn_at, unlearn_at=unlearn_at, n_tasks=n_tasks, k=k, where=where,
-        diverged_rows=diverged_rows, max_epochs_rows=max_epochs_rows,
+        diverged_rows=diverged_rows, max_epochs_rows=max_epochs_rows, look=look, titles=titles,
+        band_label=_band_label(runs),
     )
+
+
+def _label_keys(r: Results) -> list[str]:
+    """What ``--label KEY=NAME`` may name a run by: its run name, the name without hash,
+    its folder as given, the folder's absolute path and its base name."""
+    path = os.path.normpath(r.path)
+    return list(dict.fromkeys([r.run, path, os.path.abspath(path), os.path.basename(path), strip_hash(r.run)]))
+
+
+def parse_labels(items: list[str] | None) -> dict[str, str]:
+    """``["RUN=NAME", ...]`` -> {RUN: NAME}; UsageError for an item without ``=``."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, name = str(item).partition("=")
+        if not sep or not key.strip() or not name.strip():
+            raise UsageError(f"--label '{item}' is not RUN=NAME",
+                             "e.g. --label a4-neggem-3f9c2e1b=NegGEM (a run name, or its results folder)")
+        out[os.path.normpath(key.strip()) if os.sep in key else key.strip()] = name.strip()
+    return out
+
+
+def sequence_warning(runs: list[Results]) -> str | None:
+    """A one-line warning when the runs ran different sequences (rows then compare
+    different operations), else None."""
+    seqs = list(dict.fromkeys(r.sequence or "?" for r in runs))
+    ops = {tuple(r.ops) for r in runs}
+    if len(seqs) < 2 and len(ops) < 2:
+        return None
+    what = " vs ".join(f"{strip_hash(r.run)}: {r.sequence or '?'}" for r in runs)
+    return (f"comparing runs with different sequences ({what}): figures align them by row index, so a row "
+            f"may be a different operation in each run")
 
 
 DIVERGED_COLOR = "#c0392b"
@@ -170,7 +272,7 @@ def _check_compatible(runs: list[Results]) -> None:
 # --------------------------------------------------------------------------- drawing helpers
 
 
-def _band(ax, x, mean, std, style, label, markers: bool, connect: bool, lo=0.0, hi=1.0):
+def _band(ax, x, mean, std, style, label, markers: bool, connect: bool, lo=0.0, hi=1.0, lw=1.8, ms=3.2):
     """Mean line (+ band mean ± std). ``connect``: join the finite points across NaN
     rows (sparse data) instead of leaving gaps (null rows)."""
     x = np.asarray(x, dtype=float)
@@ -179,14 +281,14 @@ def _band(ax, x, mean, std, style, label, markers: bool, connect: bool, lo=0.0, 
         x, mean, std, ok = x[ok], mean[ok], std[ok], ok[ok]
     if not ok.any():
         return
-    s = np.where(np.isfinite(std), std, 0.0)
+    s = np.where(np.isfinite(std), std, 0.0)  # no s.d. (one seed): no band
     ax.fill_between(x, np.clip(mean - s, lo, hi), np.clip(mean + s, lo, hi), where=ok,
-                    color=style["color"], alpha=0.17, linewidth=0, interpolate=False)
+                    color=style["color"], alpha=BAND_ALPHA, linewidth=0, interpolate=False)
     isolated = ok & ~np.r_[False, ok[:-1]] & ~np.r_[ok[1:], False]
-    ax.plot(x, mean, color=style["color"], linestyle=style["linestyle"], linewidth=1.8,
-            marker="o" if markers else None, markersize=3.2, label=label, zorder=3)
+    ax.plot(x, mean, color=style["color"], linestyle=style["linestyle"], linewidth=lw,
+            marker="o" if markers else None, markersize=ms, label=label, zorder=3)
     if not markers and isolated.any():  # a point between two null rows would be invisible
-        ax.plot(x[isolated], mean[isolated], "o", color=style["color"], markersize=3.2, zorder=3)
+        ax.plot(x[isolated], mean[isolated], "o", color=style["color"], markersize=ms, zorder=3)
 
 
 def _shade_status(ax, col: np.ndarray) -> None:
@@ -197,25 +299,29 @@ def _shade_status(ax, col: np.ndarray) -> None:
         j = i
         while j + 1 < n and col[j + 1] == col[i]:
             j += 1
-        if col[i] == "mixed":  # hatched: the hatch takes the edge colour
-            ax.axvspan(i - 0.5, j + 0.5, facecolor=STATUS_COLORS["mixed"], edgecolor="#b5b5b5", hatch="//",
-                       linewidth=0, zorder=0)
-        elif col[i] in STATUS_COLORS:
-            ax.axvspan(i - 0.5, j + 0.5, color=STATUS_COLORS[col[i]], linewidth=0, zorder=0)
+        if col[i] in STATUS_COLORS:  # hatched ones: the hatch takes the edge colour
+            ax.axvspan(i - 0.5, j + 0.5, facecolor=STATUS_COLORS[col[i]], edgecolor=STATUS_EDGE,
+                       hatch=STATUS_HATCH[col[i]], linewidth=0, zorder=0)
         i = j + 1
 
 
-def _grid_shape(n: int) -> tuple[int, int]:
-    ncols = max(1, math.ceil(math.sqrt(n)))
+def _grid_shape(n: int, look: _Look = LOOKS[None]) -> tuple[int, int]:
+    if look.width is None:
+        ncols = max(1, math.ceil(math.sqrt(n)))
+    elif look.name == "single":
+        ncols = min(n, 2 if n <= 8 else 3)
+    else:
+        ncols = min(n, 3 if n <= 6 else (4 if n <= 16 else 5))
     return math.ceil(n / ncols), ncols
 
 
 def _legend_handles(ctx: _Ctx, ref_label: str | None, status: bool, events: bool, absent=(), absent_note="") -> list:
     """Runs (``absent``: indices of runs without data, labelled with ``absent_note``),
     the reference line, learn/unlearn markers and the status shading."""
-    handles = [Line2D([], [], color=st["color"], linestyle=st["linestyle"], linewidth=2,
+    handles = [Line2D([], [], color=st["color"], linestyle=st["linestyle"], linewidth=ctx.look.lw + 0.2,
                       label=f"{lab} {absent_note}" if j in absent else lab, alpha=0.45 if j in absent else 1.0)
                for j, (lab, st) in enumerate(zip(ctx.labels, ctx.styles))]
+    handles.append(Patch(facecolor="#777777", alpha=BAND_ALPHA * 2, linewidth=0, label=ctx.band_label))
     if ref_label:
         handles.append(Line2D([], [], color=CHANCE_COLOR, linestyle="--", linewidth=1, label=ref_label))
     if events:
@@ -227,22 +333,28 @@ def _legend_handles(ctx: _Ctx, ref_label: str | None, status: bool, events: bool
             if name in used:
                 text = {"learned": "task learned", "forgotten": "task forgotten",
                         "mixed": "status differs by seed/run"}[name]
-                handles.append(Patch(facecolor=STATUS_COLORS[name], edgecolor="#bbbbbb",
-                                     hatch="//" if name == "mixed" else None, label=text))
+                handles.append(Patch(facecolor=STATUS_COLORS[name], edgecolor=STATUS_EDGE,
+                                     hatch=STATUS_HATCH[name], label=text))
     return handles
 
 
-def _place_legend(fig, axes_spare: list, handles: list) -> None:
-    """In the grid's spare cells when there are any, else under the figure."""
+def _place_legend(fig, axes_spare: list, handles: list, look: _Look = LOOKS[None]) -> None:
+    """In the grid's spare cells when there are any (on screen), else beside (screen) or
+    under (paper sizes) the figure."""
+    for a in axes_spare:
+        a.set_axis_off()
     if axes_spare:
-        for a in axes_spare:
-            a.set_axis_off()
         # the spare cells form the right end of the last row: anchor the legend there
-        axes_spare[-1].legend(handles=handles, loc="center", frameon=False, fontsize=9,
-                              ncols=1 if len(axes_spare) == 1 else 2)
-    else:
+        axes_spare[-1].legend(handles=handles, loc="center", frameon=False, fontsize=look.legend,
+                              ncols=1 if len(axes_spare) == 1 else 2,
+                              **({} if look.width is None else {"handlelength": 1.8, "handletextpad": 0.5,
+                                                                "borderaxespad": 0.0}))
+    elif look.width is None:
         # beside the grid: constrained layout cannot stack a legend with the suptitle or supxlabel
-        fig.legend(handles=handles, loc="outside right center", frameon=False, fontsize=9)
+        fig.legend(handles=handles, loc="outside right center", frameon=False, fontsize=look.legend)
+    else:
+        fig.legend(handles=handles, loc="outside lower center", frameon=False, fontsize=look.legend,
+                   ncols=look.legend_cols, handlelength=1.8, columnspacing=1.0, handletextpad=0.5)
 
 
 def _task_grid(ctx: _Ctx, series, title: str, ylabel: str, ref: float | None, ref_label: str | None,
@@ -251,9 +363,16 @@ def _task_grid(ctx: _Ctx, series, title: str, ylabel: str, ref: float | None, re
     """One subplot per task; ``series(run) -> (mean, std)`` of shape (n_ops, n_tasks)
     (or None to skip the run)."""
     n = ctx.n_tasks
-    nrows, ncols = _grid_shape(n)
-    w = max(GRID_SIZE[0], 3.0 * ncols)
-    h = max(GRID_SIZE[1], 2.1 * nrows + 1.9)
+    look = ctx.look
+    nrows, ncols = _grid_shape(n, look)
+    if look.width is None:
+        w = max(GRID_SIZE[0], 3.0 * ncols)
+        h = max(GRID_SIZE[1], 2.1 * nrows + 1.9)
+    else:  # a column width; the legend goes underneath
+        w = look.width
+        h = look.row_h * nrows + (0.3 if ctx.titles else 0.05) + 0.3
+        if nrows * ncols == n:  # no spare cell: the legend goes underneath
+            h += look.legend / 72 * 1.5 * math.ceil((len(ctx.runs) + 6) / look.legend_cols)
     fig = Figure(figsize=(w, h), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     if markers is None:
@@ -274,30 +393,42 @@ def _task_grid(ctx: _Ctx, series, title: str, ylabel: str, ref: float | None, re
             mean, std = d
             if t < mean.shape[1]:
                 _band(ax, np.arange(mean.shape[0]), mean[:, t], std[:, t], st, lab, markers, connect,
-                      lo=ylim[0], hi=ylim[1])
+                      lo=ylim[0], hi=ylim[1], lw=look.lw, ms=look.ms)
         ax.set_ylim(*ylim)
         _mark_outcomes(ax, ctx)
-        ax.set_title(f"task {t}", fontsize=10, pad=3)
+        ax.set_title(f"task {t}", fontsize=look.task_title, pad=2 if look.width else 3)
         below = t + ncols < n  # another task subplot sits underneath: it carries the labels
-        op_ticks(ax, ctx.ops, w / ncols, show_labels=not below, fontsize=7.5, minor=False)
+        tick = 7.5 if look.width is None else look.tick
+        op_ticks(ax, ctx.ops, w / ncols, show_labels=not below, fontsize=tick, minor=False)
+        if look.width is not None and not below:  # supxlabel and a legend underneath would overlap
+            ax.set_xlabel("operation", fontsize=look.label, labelpad=1)
         if t % ncols:
             ax.tick_params(axis="y", labelleft=False)
-        ax.tick_params(axis="y", labelsize=8)
+        ax.tick_params(axis="y", labelsize=8 if look.width is None else look.tick)
+        if look.width is not None:
+            ax.tick_params(length=2, pad=1.5, width=0.6)
+            for sp in ax.spines.values():
+                sp.set_linewidth(0.6)
         ax.grid(axis="y", color="#dddddd", linewidth=0.6, zorder=0)
         ax.set_axisbelow(True)
-    fig.suptitle(f"{title} — {ctx.where}", fontsize=13)
-    fig.supxlabel("operation (each point: the state after that operation)", fontsize=10)
-    fig.supylabel(ylabel, fontsize=10)
+    heading = ctx.title(title)
+    if heading:
+        fig.suptitle(heading, fontsize=look.title)
+    if look.width is None:
+        fig.supxlabel("operation (each point: the state after that operation)", fontsize=look.label)
+    fig.supylabel(ylabel, fontsize=look.label)
     absent = {j for j, d in enumerate(data) if d is None}
     _place_legend(fig, list(axes[n:]), _legend_handles(ctx, ref_label, status=True, events=True,
                                                         absent=absent, absent_note=absent_note)
-                  + _outcome_handles(ctx))
+                  + _outcome_handles(ctx), look)
     return fig
 
 
 def _line_figure(ctx: _Ctx, series, title: str, ylabel: str, ylim, ref: float | None, ref_label: str | None,
                  empty_note: str, gap_note: str | None = None):
-    fig = Figure(figsize=LINE_SIZE, layout="constrained")
+    look = ctx.look
+    width = LINE_SIZE[0] if look.width is None else look.width
+    fig = Figure(figsize=(width, LINE_SIZE[1] if look.width is None else look.line_h), layout="constrained")
     ax = fig.subplots()
     # shade the unlearning operations so the two phases of a sequence stand out
     is_u = np.array([lab.startswith("U") for lab in ctx.ops])
@@ -316,7 +447,8 @@ def _line_figure(ctx: _Ctx, series, title: str, ylabel: str, ylim, ref: float | 
         mean, std = _nanmean_std(vals)
         drawn += int(np.isfinite(mean).any())
         defined[: len(mean)] |= np.isfinite(mean)
-        _band(ax, np.arange(len(mean)), mean, std, st, lab, markers=True, connect=False, lo=ylim[0], hi=ylim[1])
+        _band(ax, np.arange(len(mean)), mean, std, st, lab, markers=True, connect=False, lo=ylim[0], hi=ylim[1],
+              lw=look.lw, ms=look.ms)
     if drawn and gap_note:  # say why a stretch of rows has no value at all
         i = 0
         while i < ctx.n_ops:
@@ -327,25 +459,35 @@ def _line_figure(ctx: _Ctx, series, title: str, ylabel: str, ylim, ref: float | 
             while j + 1 < ctx.n_ops and not defined[j + 1]:
                 j += 1
             if j - i >= 1:
-                ax.text((i + j) / 2, (ylim[0] + ylim[1]) / 2, gap_note, ha="center", va="center", fontsize=9,
-                        color="#777777", style="italic", wrap=True)
+                ax.text((i + j) / 2, (ylim[0] + ylim[1]) / 2, gap_note, ha="center", va="center",
+                        fontsize=9 if look.width is None else look.tick, color="#777777", style="italic", wrap=True)
             i = j + 1
     if not drawn:
-        ax.text(0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center", fontsize=11,
-                color="#444444", wrap=True)
+        ax.text(0.5, 0.5, empty_note, transform=ax.transAxes, ha="center", va="center",
+                fontsize=11 if look.width is None else look.label, color="#444444", wrap=True)
     ax.set_ylim(*ylim)
     _mark_outcomes(ax, ctx)
-    op_ticks(ax, ctx.ops, LINE_SIZE[0] - 1.2, fontsize=8.5)
-    ax.set_xlabel("operation (each point: the state after that operation)", fontsize=10)
-    ax.set_ylabel(ylabel, fontsize=10)
+    op_ticks(ax, ctx.ops, width - (1.2 if look.width is None else 0.5),
+             fontsize=8.5 if look.width is None else look.tick)
+    ax.set_xlabel("operation (each point: the state after that operation)" if look.width is None
+                  else "operation (state after it)", fontsize=look.label)
+    ax.set_ylabel(ylabel, fontsize=look.label)
+    if look.width is not None:
+        ax.tick_params(axis="y", labelsize=look.tick)
+        ax.tick_params(length=2, pad=1.5, width=0.6)
+        for sp in ax.spines.values():
+            sp.set_linewidth(0.6)
     ax.grid(axis="y", color="#dddddd", linewidth=0.6)
     ax.set_axisbelow(True)
-    ax.set_title(f"{title} — {ctx.where}", fontsize=13)
+    heading = ctx.title(title)
+    if heading:
+        ax.set_title(heading, fontsize=look.title)
     handles = _legend_handles(ctx, ref_label, status=False, events=False, absent=absent, absent_note="— no values")
     if is_u.any():
         handles.append(Patch(facecolor=UNLEARN_SHADE, edgecolor="#bbbbbb", label="unlearning op"))
     handles += _outcome_handles(ctx)
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False, fontsize=9)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), look.legend_cols),
+               frameon=False, fontsize=look.legend, columnspacing=1.0 if look.width else 2.0)
     return fig
 
 
@@ -441,6 +583,8 @@ def _summary_figure(ctx: _Ctx):
         cells.append(str(r.n_seeds))
         rows.append(cells)
     header = ["run"] + [name for _, name, _ in _SUMMARY_COLS] + ["seeds"]
+    if ctx.look.width is not None:
+        return _summary_columns(ctx, header, rows)
     # column widths from the longest text line in each column (header lines included)
     chars = [max([len(line) for line in h.split("\n")] + [len(row[j]) for row in rows]) + 2
              for j, h in enumerate(header)]
@@ -466,10 +610,52 @@ def _summary_figure(ctx: _Ctx):
             cell.PAD = 0.03
         elif i % 2 == 0:
             cell.set_facecolor("#f7f7f7")
-    ax.set_title(f"Summary — {ctx.where}", fontsize=13)
-    fig.supxlabel("mean ± std over seeds (summary.json). ACC, BWT: learning prefix (ops before the first unlearn); "
-                  "forget / retain: mean test accuracy of the forgotten / learned tasks after the last op.",
-                  fontsize=8.5, color="#555555")
+    heading = ctx.title("Summary")
+    if heading:
+        ax.set_title(heading, fontsize=13)
+    fig.supxlabel("mean ± s.d. over seeds (sample s.d., ddof 1; none for one seed; summary.json). ACC, BWT: learning "
+                  "prefix (ops before the first unlearn); forget / retain: mean test accuracy of the forgotten / "
+                  "learned tasks after the last op.", fontsize=8.5, color="#555555")
+    return fig
+
+
+def _summary_columns(ctx: _Ctx, header: list[str], rows: list[list[str]]):
+    """The summary at a column width: one column per run, one row per metric."""
+    from matplotlib.colors import to_rgb
+
+    look = ctx.look
+    names = [h.replace("\n", " ") for h in header[1:]]
+    cols = [[row[0] for row in rows]]
+    body = [[name] + [row[j + 1] for row in rows] for j, name in enumerate(names)]
+    chars = [max(len(r[0]) for r in body) + 2] + [max(len(cols[0][i]), *(len(r[i + 1]) for r in body)) + 2
+                                                  for i in range(len(rows))]
+    fs = min(look.label, look.width / (0.0092 * sum(chars)))  # ~0.0092 in per character and point
+    row_h = fs / 72 * 2.0
+    fig = Figure(figsize=(look.width, 0.25 + (0.3 if ctx.titles else 0) + row_h * (len(body) + 1) + 0.3),
+                 layout="constrained")
+    ax = fig.subplots()
+    ax.set_axis_off()
+    table = ax.table(cellText=body, colLabels=[""] + cols[0], cellLoc="center", bbox=[0, 0, 1, 1],
+                     colWidths=[c / sum(chars) for c in chars])
+    table.auto_set_font_size(False)
+    table.set_fontsize(fs)
+    for (i, j), cell in table.get_celld().items():
+        cell.set_edgecolor("#cccccc")
+        cell.set_linewidth(0.5)
+        if i == 0 and j > 0:
+            color = ctx.styles[j - 1]["color"]
+            cell.set_facecolor(tuple(0.85 + 0.15 * c for c in to_rgb(color)))
+            cell.get_text().set_color(color)
+            cell.set_text_props(weight="bold")
+        elif j == 0:
+            cell.set_text_props(ha="left")
+            cell.PAD = 0.03
+        elif i % 2 == 0:
+            cell.set_facecolor("#f7f7f7")
+    heading = ctx.title("Summary")
+    if heading:
+        ax.set_title(heading, fontsize=look.title)
+    fig.supxlabel(f"{ctx.band_label}; ACC, BWT: learning prefix", fontsize=max(fs - 0.5, 5.5), color="#555555")
     return fig
 
 
@@ -498,16 +684,38 @@ def _save(fig: Figure, path: str, fmt: str, dpi: int) -> None:
         fig.clear()
 
 
-def standard_figures(results_dirs: list[str], out_dir: str, fmt: str = "png", dpi: int = 120) -> list[str]:
+def check_size(size: str | None) -> str | None:
+    """None / "screen" (the default), "single" (3.3 in) or "double" (6.9 in)."""
+    if size is None:
+        return None
+    v = str(size).strip().lower()
+    if v in ("", "screen", "default"):
+        return None
+    if v not in SIZES:
+        raise UsageError(f"unknown figure size '{size}'", "use single (3.3 in column) or double (6.9 in, both columns)")
+    return v
+
+
+def standard_figures(results_dirs: list[str], out_dir: str, fmt: str = "png", dpi: int = 120,
+                     size: str | None = None, title: bool = True, labels: dict[str, str] | None = None,
+                     warn=None) -> list[str]:
     """Write the standard figures of one or more launch results folders into
     ``out_dir`` (created if needed); returns the paths written, in :data:`FIGURES`
     order: tasks_test, tasks_train, tasks_confidence, tow, clu_mix, mia_auc (only
     when some folder has mia.csv with loss-attack rows), summary.
 
+    ``size``: None (screen, 12 in wide), ``"single"`` (3.3 in) or ``"double"`` (6.9 in)
+    column widths with fonts legible at that size; ``title``: False leaves titles out;
+    ``labels``: legend names by run name, folder or folder name (see :func:`parse_labels`);
+    ``warn(message)``: called when the runs ran different sequences (default: the
+    ``cluctl.plots`` logger).
+
     UsageError: a folder without summary.json, runs of different datasets or task
-    counts, an unknown ``fmt`` (png, pdf, svg), a dpi that is not positive.
+    counts, an unknown ``fmt`` (png, pdf, svg) or ``size``, a dpi that is not positive,
+    a label naming none of the runs.
     """
     fmt = check_format(fmt)
+    look = LOOKS[check_size(size)]
     if isinstance(dpi, bool) or not isinstance(dpi, (int, np.integer)) or not 10 <= dpi <= 1200:
         raise UsageError(f"--dpi must be an integer from 10 to 1200, got {dpi!r}", "the default is 120")
     if isinstance(results_dirs, (str, os.PathLike)):
@@ -517,7 +725,17 @@ def standard_figures(results_dirs: list[str], out_dir: str, fmt: str = "png", dp
         raise UsageError("no results folder given", "pass one or more folders written by cluctl launch")
     runs = [load_results(d) for d in dirs]
     _check_compatible(runs)
-    ctx = _context(runs)
+    labels = dict(labels or {})
+    keys = {k for r in runs for k in _label_keys(r)}
+    unknown = [k for k in labels if k not in keys and os.path.abspath(k) not in keys]
+    if unknown:
+        raise UsageError(f"--label names no run being plotted: {', '.join(unknown)}",
+                         "use a run name or results folder among: " + ", ".join(r.run for r in runs))
+    labels.update({os.path.abspath(k): v for k, v in labels.items() if os.path.abspath(k) in keys})
+    note = sequence_warning(runs)
+    if note:
+        (warn or log.warning)(note)
+    ctx = _context(runs, look, bool(title), labels)
 
     out_dir = os.fspath(out_dir)
     try:

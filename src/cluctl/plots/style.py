@@ -8,7 +8,8 @@ import zlib
 
 from matplotlib import colors as mcolors
 
-__all__ = ["ALGO_ORDER", "algo_color", "run_styles", "run_labels", "op_ticks", "STATUS_COLORS"]
+__all__ = ["ALGO_ORDER", "algo_color", "run_styles", "run_labels", "strip_hash", "op_ticks", "STATUS_COLORS",
+           "STATUS_HATCH"]
 
 #: the unlearning algorithms in palette order: algo i gets tab10 colour i, in every figure
 ALGO_ORDER = ["neggem", "negagem", "rl-gem", "rl-agem", "alt-neggem", "neggrad"]
@@ -16,8 +17,11 @@ _TAB10 = [mcolors.to_hex(c) for c in mcolors.TABLEAU_COLORS.values()]  # tab10, 
 # other algorithms: the rest of tab10 but grey (the chance line's), then two dark extras
 _SPARE = [c for c in _TAB10[len(ALGO_ORDER):] if c != "#7f7f7f"] + ["#393b79", "#637939"]
 
-#: background of a task's subplot by its status at each row
-STATUS_COLORS = {"learned": "#e6f3e2", "forgotten": "#fae3e0", "mixed": "#ececec"}
+#: background of a task's subplot by its status at each row: neutral greys (a run's colour
+#: never sits on a band of the same hue); "forgotten" is hatched, so it reads in grey print
+STATUS_COLORS = {"learned": "#ebebeb", "forgotten": "#ffffff", "mixed": "#f6f6f6"}
+STATUS_HATCH = {"learned": None, "forgotten": "////", "mixed": ".."}
+STATUS_EDGE = "#c4c4c4"  # the hatch colour
 # learn / unlearn markers stay neutral: rl-gem and rl-agem already own green and red
 LEARN_LINE = "#3a3a3a"
 UNLEARN_LINE = "#3a3a3a"
@@ -61,23 +65,67 @@ def run_styles(algos: list[str]) -> list[dict]:
     return out
 
 
-_HASHED = re.compile(r"^(.*-)([0-9a-f]{8,})$")
+_HASHED = re.compile(r"^(.*)-([0-9a-f]{8,})$")
 
 
-def run_labels(runs: list[tuple[str, str, str]]) -> list[str]:
-    """Legend labels ``"algo (run-with-short-hash)"`` for (algo, run, path) triples,
-    e.g. ``neggem (a4-neggem-3f9c)``; falls back to longer names when short ones
-    would collide."""
+def strip_hash(run: str) -> str:
+    """A run name without its trailing options hash: ``a4-neggem-3f9c2e1b`` -> ``a4-neggem``."""
+    m = _HASHED.match(run)
+    return m.group(1) if m else run
 
-    def short(run: str) -> str:
-        m = _HASHED.match(run)
-        return m.group(1) + m.group(2)[:4] if m else run
 
-    labels = [f"{a} ({short(r)})" for a, r, _ in runs]
-    if len(set(labels)) < len(labels):
-        labels = [f"{a} ({r})" for a, r, _ in runs]
-    if len(set(labels)) < len(labels):
-        labels = [f"{a} ({r}, {p})" for a, r, p in runs]
+def _short_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def run_labels(runs: list[tuple[str, str, str]], configs: list[dict] | None = None,
+               sequences: list[str | None] | None = None, hashes: bool = False) -> list[str]:
+    """Legend labels for (algo, run, path) triples, without run hashes: the algorithm's
+    name, e.g. ``neggem``; runs of the same algorithm are told apart by the options that
+    differ between them (``neggem (alpha=0.9)``), else by their sequence, else by run
+    name without hash, else by a number. ``hashes``: the old ``algo (run-hash4)``."""
+    if hashes:
+        def short(run: str) -> str:
+            m = _HASHED.match(run)
+            return f"{m.group(1)}-{m.group(2)[:4]}" if m else run
+
+        labels = [f"{a} ({short(r)})" for a, r, _ in runs]
+        if len(set(labels)) < len(labels):
+            labels = [f"{a} ({r})" for a, r, _ in runs]
+        if len(set(labels)) < len(labels):
+            labels = [f"{a} ({r}, {p})" for a, r, p in runs]
+        return labels
+    configs = configs or [{} for _ in runs]
+    sequences = sequences or [None for _ in runs]
+    labels = [a for a, _, _ in runs]
+    groups: dict[str, list[int]] = {}
+    for j, lab in enumerate(labels):
+        groups.setdefault(lab, []).append(j)
+    for lab, idx in groups.items():
+        if len(idx) < 2:
+            continue
+        keys = sorted({k for j in idx for k in configs[j]})
+        differ = [k for k in keys if k != "algo" and len({repr(configs[j].get(k)) for j in idx}) > 1]
+        seqs = {sequences[j] for j in idx}
+        names = {strip_hash(runs[j][1]) for j in idx}
+        for n, j in enumerate(idx):
+            if differ:
+                extra = ", ".join(f"{k}={_short_value(configs[j].get(k))}" for k in differ[:2])
+            elif len(seqs) == len(idx):
+                extra = str(sequences[j])
+            elif len(names) == len(idx):
+                extra = strip_hash(runs[j][1])
+            else:
+                extra = f"#{n + 1}"
+            labels[j] = f"{lab} ({extra})"
+    if len(set(labels)) < len(labels):  # still equal (e.g. two options differ beyond the first two)
+        seen: dict[str, int] = {}
+        for j, lab in enumerate(labels):
+            seen[lab] = seen.get(lab, 0) + 1
+            if seen[lab] > 1:
+                labels[j] = f"{lab} #{seen[lab]}"
     return labels
 
 
