@@ -79,3 +79,18 @@ def test_launch_json_prints_the_outcome_and_summary(tmp_path):
     out = json.loads(p.stdout)
     assert out["out"] == str(tmp_path / "res") and out["complete"] == [0] and out["failed"] == {}
     assert out["summary"]["ops"] == ["L0", "L1", "U1"] and out["summary"]["run"] == out["run"]
+    store = tmp_path / "store"
+    # cluctl runs: the run, its seeds done, each seed's last operation
+    r = _cli("runs", "--json", store=store)
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert row["run"] == out["run"] and row["seeds_done"] == 1 and row["seeds_total"] == 1
+    assert row["seeds"] == [{"seed": 0, "done": 3, "n_ops": 3, "last_op": "U1", "status": "done"}]
+    # an operation's ref (its result record) names its checkpoint for evaluate and --from
+    op1 = f"runs/{out['run']}/seed-0/op-001"
+    e = _cli("evaluate", op1, "--json", store=store)
+    assert e.returncode == 0, e.stderr
+    assert json.loads(e.stdout)["op"] == "L1"
+    u = _cli("unlearn", "--task", "0", "--from", op1, "--json", "-q", store=store)
+    assert u.returncode == 0, u.stderr
+    assert json.loads(u.stdout)["summary"]["op"] == "U0"

@@ -17,6 +17,7 @@ checked once, here, against the table; an unknown name is a one-line error.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -76,6 +77,25 @@ def scores_provider(store, cfg: dict, quiet: bool = False) -> Callable[[State], 
 def _split_options(options: dict) -> tuple[dict, dict]:
     run = {k: options.pop(k) for k in RUN_KEYS if k in options}
     return run, options
+
+
+_OP_REF = re.compile(r"(?:refs/)?runs/[^/]+/seed-\d+/op-\d+")
+
+
+def checkpoint_id(store, ref: str) -> str:
+    """The checkpoint a reference names. A launch's operation ref
+    (``runs/<run>/seed-<s>/op-NNN``) names that operation's result record (its evaluation,
+    timings and checkpoint): it resolves to the record's checkpoint. Anything else resolves
+    as the store resolves it (ref, id, or 8+ hex prefix)."""
+    oid = store.resolve(ref)
+    if isinstance(ref, str) and _OP_REF.fullmatch(ref.strip()):
+        rec = store.get_json(oid)
+        ck = rec.get("checkpoint") if isinstance(rec, dict) else None
+        if not isinstance(ck, str):
+            raise UsageError(f"{ref} is not an operation result with a checkpoint",
+                             "pass a checkpoint ref or id (cluctl store ls)")
+        return store.resolve(ck)
+    return oid
 
 
 def _checkpoint_ref(store, oid: str) -> None:
@@ -156,7 +176,7 @@ def learn(task: int, from_ref: str | None = None, store=None, device: str | None
     opts = {**_given(C.LearnConfig, config, options), **C.UnlearnConfig.from_options(later).given()}
     run, learn_opts = _split_options(opts)
     if from_ref:
-        state = load_state(st, from_ref, overrides={**run, **learn_opts}, device=device,
+        state = load_state(st, checkpoint_id(st, from_ref), overrides={**run, **learn_opts}, device=device,
                            data_root=data_root, download=download, threads=threads)
     else:
         state = new_state(run_config(**run, **learn_opts), device=device, data_root=data_root,
@@ -191,7 +211,8 @@ def unlearn(task: int, from_ref: str, store=None, device: str | None = None, dat
     probe = dict(C.UNLEARN_DEFAULTS)
     probe.update(opts)
     validate_unlearn(probe)
-    state = load_state(st, from_ref, device=device, data_root=data_root, download=download, threads=threads)
+    state = load_state(st, checkpoint_id(st, from_ref), device=device, data_root=data_root, download=download,
+                       threads=threads)
     return run_operation(state, "U", task, store=st, ucfg=opts, progress=progress, impl=impl, step_hook=step_hook,
                          precision=precision, checkpoint_ref=True)
 
@@ -200,7 +221,8 @@ def unlearn(task: int, from_ref: str, store=None, device: str | None = None, dat
 def load(ref: str, store=None, device: str | None = None, data_root: str | None = None,
          download: bool = False) -> State:
     """The State (model, buffers, learned tasks, config) of a checkpoint."""
-    return load_state(open_store(store), ref, device=device, data_root=data_root, download=download)
+    st = open_store(store)
+    return load_state(st, checkpoint_id(st, ref), device=device, data_root=data_root, download=download)
 
 
 @no_new_store_on_error
@@ -306,7 +328,7 @@ def mia(ref: str | State, task: int, members: str = "train", attack: str = "loss
         raise UsageError(f"--attack '{attack}' is not valid", "choose loss or efficacy")
     # a State needs no store, unless its lineage is searched for a buffer
     st = open_store(store) if (not isinstance(ref, State) or (attack == "loss" and members == "buffer")) else None
-    state = ref if isinstance(ref, State) else load_state(st, ref, device=device, data_root=data_root,
+    state = ref if isinstance(ref, State) else load_state(st, checkpoint_id(st, ref), device=device, data_root=data_root,
                                                           download=download)
     task = check_task(state, task)
     seed = state.config["seed"] if seed is None else int(seed)

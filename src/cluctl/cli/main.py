@@ -225,7 +225,7 @@ def _mount():
             continue
         app.add_typer(getattr(module, attr), name=name, help=helptext)
     # Commands living in their own modules register themselves: module.register(app).
-    for mod in ("launch", "mia", "plot"):
+    for mod in ("launch", "mia", "plot", "runs"):
         try:
             module = __import__(f"cluctl.cli.{mod}", fromlist=["register"])
         except ModuleNotFoundError as e:  # pragma: no cover - only while a module is missing
