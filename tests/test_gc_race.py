@@ -222,5 +222,5 @@ def test_dangling_ref_is_recognisable_for_resume(store):
     assert ei.value.ref == "runs/r/seed-0/op-001" and ei.value.oid == b and isinstance(ei.value, NotFound)
     from conftest import run_cli
 
-    p = run_cli(["store", "rm-ref", "runs/r/seed-0/op-001"], store=store.root, check=0)
+    run_cli(["store", "rm-ref", "runs/r/seed-0/op-001"], store=store.root, check=0)
     assert store.get_ref("runs/r/seed-0/op-001") is None and store.get_ref("runs/r/seed-0/op-000") == a

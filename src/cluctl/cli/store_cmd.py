@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import NotFound, UsageError
+from ..errors import UsageError
 from .common import StoreOpt, err, open_store, print_json
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)

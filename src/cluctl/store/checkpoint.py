@@ -9,7 +9,6 @@ torch and safetensors are imported lazily so that importing the store stays fast
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -20,8 +19,9 @@ from cluctl.store.base import canonical_json, is_oid, loads_json, open_regular
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-# (the store is passed in as ``store``: a cluctl.store.core.Store; not imported here, so that
-# the package's modules import one way only: base <- checkpoint <- maintenance <- core <- purge)
+# the store is passed in as ``store``: a cluctl.store.core.Store, not imported here so that the
+# package's modules import one way only (base <- checkpoint <- maintenance <- core <- purge)
+Store = Any
 
 MAX_HEADER = 100_000_000  # safetensors' own limit
 LINKS = ("parent", "root", "manifest", "scores")
@@ -169,11 +169,11 @@ def _not_checkpoint(oid: str, why: str) -> UsageError:
     return UsageError(f"object {oid} is not a cluctl checkpoint: {why}", "pass the id or ref of a checkpoint (see `cluctl store ls`)")
 
 
-def _as_oid(store: "Store", oid: str) -> str:
+def _as_oid(store: Store, oid: str) -> str:
     return oid.lower() if is_oid(str(oid).lower()) else store.resolve(oid)
 
 
-def save_checkpoint(store: "Store", tensors: Mapping[str, "torch.Tensor"], meta: Mapping[str, Any] | None = None) -> str:
+def save_checkpoint(store: Store, tensors: Mapping[str, "torch.Tensor"], meta: Mapping[str, Any] | None = None) -> str:
     """Serialise ``tensors`` (moved to CPU, contiguous) and ``meta`` into a safetensors
     object and store it. Same tensors + meta -> same bytes -> same id."""
     import torch
@@ -218,7 +218,7 @@ def save_checkpoint(store: "Store", tensors: Mapping[str, "torch.Tensor"], meta:
     return store.put_bytes(data)
 
 
-def load_checkpoint(store: "Store", oid: str) -> tuple[dict[str, "torch.Tensor"], dict]:
+def load_checkpoint(store: Store, oid: str) -> tuple[dict[str, "torch.Tensor"], dict]:
     """(tensors, meta) of a checkpoint; the object's hash is verified first."""
     from safetensors.torch import load
 
@@ -243,7 +243,7 @@ def load_checkpoint(store: "Store", oid: str) -> tuple[dict[str, "torch.Tensor"]
     return dict(tensors), meta
 
 
-def read_checkpoint_meta(store: "Store", oid: str) -> dict:
+def read_checkpoint_meta(store: Store, oid: str) -> dict:
     """A checkpoint's meta from its safetensors header only (tensors are not loaded),
     still verifying the hash of the whole object (streamed)."""
     oid = _as_oid(store, oid)

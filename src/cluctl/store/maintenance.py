@@ -10,7 +10,6 @@ JSON nor checkpoints (or cannot be parsed) are scanned as text, conservatively.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
@@ -24,7 +23,6 @@ from cluctl import faults
 from cluctl.errors import CorruptObject, StoreError, UsageError
 from cluctl.store.base import (
     GcReport,
-    NotRegularFile,
     Problem,
     VerifyResult,
     is_oid,
