@@ -21,6 +21,7 @@ LAYERS = {
     "api": 7,
     "launch": 8,
     "cli": 9,
+    "__main__": 10,
 }
 # module-level cycles left (to be removed; a new one fails the test)
 KNOWN_CYCLES: set = set()

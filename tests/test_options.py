@@ -165,7 +165,18 @@ def test_launch_keys_and_aliases_come_from_the_table():
             assert O.normalise_keys({t: 1}) == {o.key: 1}
 
 
+def test_launch_toml_file_with_thesis_spellings(tmp_path):
+    # tomllib on 3.11+, tomli on 3.10 (scripts/py310-smoke.sh runs this file there)
+    f = tmp_path / "run.toml"
+    f.write_text('task_sequence = "C4v2"\nlearn-batch-size = 5\nnumber_of_gpus = 0\nseed-list = [3, 7]\n')
+    assert O.load_toml(f) == {"sequence": "C4v2", "batch_size": 5, "gpus": 0, "seed_list": [3, 7]}
+    f.write_text("batch_size = 5\nlearn_batch_size = 6\n")
+    with pytest.raises(UsageError, match="set the same option --batch-size"):
+        O.load_toml(f)
+
+
 def test_api_takes_typed_configs_and_keywords_alike(tmp_path):
+    pytest.importorskip("torch")  # (the Python 3.10 smoke run has no torch)
     from conftest import TINY
 
     from cluctl import api
