@@ -94,3 +94,13 @@ def test_launch_json_prints_the_outcome_and_summary(tmp_path):
     u = _cli("unlearn", "--task", "0", "--from", op1, "--json", "-q", store=store)
     assert u.returncode == 0, u.stderr
     assert json.loads(u.stdout)["summary"]["op"] == "U0"
+
+
+def test_memorize_json(tmp_path):
+    p = _cli("memorize", "estimate", "--method", "confidence", "--width", "16", "--epochs", "1", "--threads", "1",
+             "--json", "-q", store=tmp_path / "store")
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    out = json.loads(p.stdout)
+    assert out["method"] == "confidence" and out["dataset"] == "digits" and out["n"] == 1350
+    assert out["min"] <= out["mean"] <= out["max"] and out["ref"].startswith("scores/confidence/")
+    assert re.fullmatch(r"[0-9a-f]{64}", out["id"])

@@ -42,6 +42,7 @@ def import_cmd(
     data_root: Optional[str] = DataRootOpt,
     download: bool = DownloadOpt,
     quiet: bool = QuietOpt,
+    as_json: bool = typer.Option(False, "--json", help='Print {"id", "ref", "n", "mean", ...} as JSON instead of the id.'),
 ):
     """Import Feldman & Zhang memorization scores (tr_mem) from an .npz; prints the scores id.
 
@@ -63,6 +64,10 @@ def import_cmd(
             f"imported {len(scores):,} scores for {ds.name} ({checked}); "
             f"min {scores.min():.4g}, mean {scores.mean():.4g}, max {scores.max():.4g}"
         )
+    if as_json:
+        scores, meta = load_scores(st, oid)
+        _print(oid, None, scores, meta)
+        return
     typer.echo(oid)
 
 
@@ -90,6 +95,7 @@ def estimate_cmd(
     data_root: Optional[str] = DataRootOpt,
     download: bool = DownloadOpt,
     quiet: bool = QuietOpt,
+    as_json: bool = typer.Option(False, "--json", help='Print {"id", "ref", "n", "mean", ...} as JSON instead of the id.'),
 ):
     """Estimate memorization scores (Feldman & Zhang, or the confidence proxy); prints the scores id.
 
@@ -137,6 +143,9 @@ def estimate_cmd(
                 f"confidence proxy for {ds.name} ({kind} width {w}, {epochs} epochs, seed {seed}): "
                 f"{len(scores):,} scores, mean {scores.mean():.4f}; ref {ref}"
             )
+        if as_json:
+            _print(oid, ref, scores, M.load_scores(st, oid)[1])
+            return
         typer.echo(oid)
         return
 
@@ -164,4 +173,18 @@ def estimate_cmd(
             f"{info['no_estimate']:,} of {len(scores):,} samples were seen by all or none of the models: "
             f"no estimate, given the mean score {float(scores.mean()):.4f}; ref {ref}"
         )
+    if as_json:
+        _print(oid, ref, scores, meta, info={k: info[k] for k in ("models_trained", "models_reused", "wall_s")
+                                              if k in info})
+        return
     typer.echo(oid)
+
+
+def _print(oid, ref, scores, meta, info=None) -> None:
+    """The scores' JSON: id, ref, method, dataset, count, summary statistics, parameters."""
+    from .common import print_json
+
+    print_json({"id": oid, "ref": ref, "method": meta.get("method"), "dataset": meta.get("dataset"),
+                "n": int(len(scores)), "min": float(scores.min()), "mean": float(scores.mean()),
+                "max": float(scores.max()), "no_estimate": meta.get("no_estimate"), "params": meta.get("params"),
+                **({"run": info} if info else {})})
