@@ -161,8 +161,9 @@ def test_launch_keys_and_aliases_come_from_the_table():
     assert O.normalise_keys({"learning-buffer-type": "most", "task_sequence": "A4"}) == {
         "learn_buffer_type": "most", "sequence": "A4"}
     for o in C.TABLE:
-        for t in o.thesis:
+        for t in o.thesis + o.spellings:
             assert O.normalise_keys({t: 1}) == {o.key: 1}
+    assert O.normalise_keys({"unlearn-algo": "rl-gem"}) == {"algo": "rl-gem"}
 
 
 def test_launch_toml_file_with_thesis_spellings(tmp_path):

@@ -83,6 +83,7 @@ class Option:
     flags: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # per-command extra spellings
     required: tuple[str, ...] = ()  # commands where it must be given
     many: bool = False  # a list (TOML) or comma-separated text (flags)
+    spellings: tuple[str, ...] = ()  # other TOML keys for it (not the thesis's)
 
     @property
     def flag(self) -> str:
@@ -156,7 +157,8 @@ TABLE: tuple[Option, ...] = (
            rule="the cached confidence proxy"),
     # --- unlearning
     Option("algo", str, "Unlearning algorithm: {unlearning} (case-insensitive; thesis spellings work).", (U, X),
-           "unlearn", P_UNLEARN, default="neggem", choices="unlearning", thesis=("algorithm",)),
+           "unlearn", P_UNLEARN, default="neggem", choices="unlearning", thesis=("algorithm",),
+           spellings=("unlearn_algo",), flags={U: ("--unlearn-algo", "--algo"), X: ("--unlearn-algo", "--algo")}),
     Option("unlearning_rate", float, "SGD rate while unlearning.", (U, X), "unlearn", P_UNLEARN, rule="per_algorithm",
            lo=0.0, hi=math.inf, lo_open=True),
     Option("unlearn_batch_size", int, "b samples from each forget buffer per step.", (U, X), "unlearn", P_UNLEARN,
@@ -247,8 +249,8 @@ EXECUTION_DEFAULTS: dict[str, Any] = {k: OPTIONS[k].default for k in EXECUTION_K
 DERIVED_UNLEARN_KEYS = ("unlearning_rate", "forget_loss_scale", "stop_acc")
 # Options that can be given (and so recorded as given): run, learning and unlearning.
 OPTION_KEYS: tuple[str, ...] = tuple(o.key for o in TABLE if o.identity)
-#: thesis spelling -> cluctl key (SPEC §8)
-THESIS_ALIASES: dict[str, str] = {t: o.key for o in TABLE for t in o.thesis if t != o.key}
+#: thesis (and other) spelling -> cluctl key (SPEC §8), for launch flags and TOML keys
+THESIS_ALIASES: dict[str, str] = {t: o.key for o in TABLE for t in o.thesis + o.spellings if t != o.key}
 
 
 # ----------------------------------------------------------------- value checks
