@@ -419,3 +419,157 @@ def test_main_cli_one_line_error_exit_2(tmp_path, capsys):
     assert ei.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "summary.json" in err and "\n" not in err
+
+
+# --------------------------------------------------------------------------- figures for papers
+
+
+def _texts(fig):
+    from matplotlib.text import Text
+
+    return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+
+
+@pytest.mark.parametrize("size,inches", [("single", 3.3), ("double", 6.9)])
+def test_paper_sizes_are_column_wide_with_legible_fonts(two_runs, tmp_path, size, inches):
+    from cluctl.plots import figures
+
+    _, a, b = two_runs
+    ctx = figures._context([load_results(str(a)), load_results(str(b))], figures.LOOKS[size])
+    for name, build in (
+            ("tasks", lambda: figures._tasks_figure(ctx, "test_acc", "Test accuracy per task", "test accuracy")),
+            ("tow", lambda: figures._line_figure(ctx, lambda r: r.metric("tow"), "CL-ToW", "CL-ToW", (0, 1.02),
+                                                 None, None, "-")),
+            ("summary", lambda: figures._summary_figure(ctx))):
+        fig = build()
+        sizes = [t.get_fontsize() for t in _texts(fig)]
+        assert sizes and min(sizes) >= 6.0 and max(sizes) <= 9.5, (name, sorted(set(sizes)))
+        figures._save(fig, str(tmp_path / f"{name}.png"), "png", 40)
+        h, w = mpimg.imread(str(tmp_path / f"{name}.png")).shape[:2]
+        assert w == round(inches * 40), (name, w)  # exactly the column width
+        assert h <= 6.5 * 40, (name, h)
+
+
+def _fake_save(monkeypatch) -> dict:
+    """Replace the (slow) rendering: {file name: the figure's visible texts}."""
+    from cluctl.plots import figures
+
+    saved = {}
+
+    def save(fig, path, fmt, dpi):
+        saved[os.path.basename(path)] = [t.get_text() for t in _texts(fig)]
+        Path(path).write_bytes(b"stub")
+        fig.clear()
+
+    monkeypatch.setattr(figures, "_save", save)
+    return saved
+
+
+def test_no_title_and_labels(two_runs, tmp_path, monkeypatch):
+    from cluctl.plots import figures
+
+    _, a, b = two_runs
+    runs = [load_results(str(a)), load_results(str(b))]
+    labels = figures.parse_labels([f"{runs[0].run}=NegGEM (ours)", f"{b}=NegGrad+"])
+    ctx = figures._context(runs, figures.LOOKS["single"], titles=False, labels={**labels, os.path.abspath(str(b)): "NegGrad+"})
+    assert ctx.labels == ["NegGEM (ours)", "NegGrad+"]
+    fig = figures._tasks_figure(ctx, "test_acc", "Test accuracy per task", "test accuracy")
+    texts = [t.get_text() for t in _texts(fig)]
+    assert "NegGEM (ours)" in texts and "NegGrad+" in texts
+    assert not any("Test accuracy" in t for t in texts)  # no title
+    # through standard_figures: folder names and run names both work; an unknown one is an error
+    saved = _fake_save(monkeypatch)
+    standard_figures([str(a), str(b)], str(tmp_path / "ok"), fmt="svg", size="single", title=False,
+                     labels={os.path.basename(str(b)): "NegGrad+"})
+    assert "NegGrad+" in saved["tasks_test.svg"] and "Test accuracy per task" not in saved["tasks_test.svg"]
+    with pytest.raises(UsageError, match="names no run"):
+        standard_figures([str(a)], str(tmp_path / "x"), labels={"a4-nope-00000000": "X"})
+    with pytest.raises(UsageError, match="RUN=NAME"):
+        figures.parse_labels(["no-equals-sign"])
+
+
+def test_legends_have_no_run_hashes_and_say_mean_sd_n_seeds(two_runs, tmp_path):
+    import re
+
+    from cluctl.plots import figures
+
+    _, a, b = two_runs
+    ctx = figures._context([load_results(str(a)), load_results(str(b))])
+    for fig in (figures._tasks_figure(ctx, "test_acc", "t", "y"),
+                figures._line_figure(ctx, lambda r: r.metric("tow"), "t", "y", (0, 1), None, None, "-")):
+        texts = [t.get_text() for t in _texts(fig)]
+        assert not any(re.search(r"[0-9a-f]{4,}", t) for t in texts), texts
+        assert "mean ± s.d., 3 seeds" in texts
+    one = write_results(tmp_path, "a4-neggem-0000aaaa", "neggem", seeds=(0,))
+    ctx1 = figures._context([load_results(str(one))])
+    assert ctx1.band_label == "mean of 1 seed (no s.d.)"
+    assert np.isnan(load_results(str(one)).mean_std("test_acc")[1]).all()  # no band for one seed
+
+
+def test_bands_are_mean_plus_minus_sample_sd(two_runs):
+    from cluctl.plots import figures
+
+    _, a, _ = two_runs
+    r = load_results(str(a))
+    ctx = figures._context([r])
+    fig = figures._tasks_figure(ctx, "test_acc", "t", "y")
+    band = [c for c in fig.axes[0].collections if c.get_paths() and len(c.get_paths()[0].vertices) > 4][0]
+    ys = band.get_paths()[0].vertices[:, 1]
+    x = r.tables["test_acc"][:, :, 0]
+    top = np.clip(x.mean(axis=0) + x.std(axis=0, ddof=1), 0, 1.02)
+    assert np.isclose(ys.max(), top.max(), atol=1e-9)
+
+
+def test_status_shading_is_neutral():
+    """Grey backgrounds (and hatching) only: a run's colour never sits on a band of its hue."""
+    from matplotlib.colors import to_rgb
+
+    from cluctl.plots import figures
+    from cluctl.plots.style import STATUS_COLORS, STATUS_HATCH
+
+    for color in list(STATUS_COLORS.values()) + [figures.UNLEARN_SHADE]:
+        r, g, b = to_rgb(color)
+        assert max(r, g, b) - min(r, g, b) < 0.02, color
+    assert STATUS_COLORS["learned"] != STATUS_COLORS["forgotten"] or STATUS_HATCH["learned"] != STATUS_HATCH["forgotten"]
+
+
+def test_different_sequences_warn(tmp_path, two_runs, monkeypatch):
+    from cluctl.plots import figures
+
+    _, a, _ = two_runs
+    b4 = write_results(tmp_path, "b4-neggem-12345678", "neggem", ops=["L0", "L1", "U1", "L2", "L3", "L4", "U4", "U3",
+                                                                       "U2"], sequence="B4")
+    runs = [load_results(str(a)), load_results(str(b4))]
+    msg = figures.sequence_warning(runs)
+    assert msg and "different sequences" in msg and "A4" in msg and "B4" in msg
+    assert figures.sequence_warning(runs[:1]) is None
+    _fake_save(monkeypatch)
+    seen = []
+    standard_figures([str(a), str(b4)], str(tmp_path / "p"), fmt="svg", size="single", warn=seen.append)
+    assert seen == [msg]
+    # the CLI: one warning line on stderr, figures still written
+    res = CliRunner().invoke(_cli_app(), ["plot", str(a), str(b4), "--out", str(tmp_path / "q"), "--size", "double",
+                                          "--format", "pdf"])
+    assert res.exit_code == 0, res.output
+    assert "warning: comparing runs with different sequences" in res.stderr
+    assert res.stdout.strip().splitlines()[0].endswith("tasks_test.pdf")
+
+
+def test_cli_paper_options_reach_the_library(two_runs, cli_app, monkeypatch):
+    import cluctl.plots
+
+    _, a, b = two_runs
+    calls = []
+    monkeypatch.setattr(cluctl.plots, "standard_figures",
+                        lambda dirs, out_dir, **kw: calls.append(kw) or [os.path.join(out_dir, "x.png")])
+    res = CliRunner().invoke(cli_app, ["plot", str(a), str(b), "-o", "figs", "--size", "single", "--no-title",
+                                       "--label", "a4-neggem-3f9c2e1b=NegGEM", "--label", f"{b}=NegGrad"])
+    assert res.exit_code == 0, res.output
+    kw = calls[-1]
+    assert kw["size"] == "single" and kw["title"] is False
+    assert kw["labels"] == {"a4-neggem-3f9c2e1b": "NegGEM", os.path.normpath(str(b)): "NegGrad"}
+    res = CliRunner().invoke(cli_app, ["plot", str(a), "--size", "poster"])
+    assert isinstance(res.exception, UsageError) and "single" in str(res.exception)
+    help_text = CliRunner().invoke(cli_app, ["plot", "--help"], env={"COLUMNS": "200"}).stdout
+    for flag in ("--size", "--no-title", "--label", "--format"):
+        assert flag in help_text
