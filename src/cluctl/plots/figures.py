@@ -121,7 +121,11 @@ class _Ctx:
         """A figure's title: with the run facts on screen, the title alone at paper sizes."""
         if not self.titles:
             return None
-        return f"{text} — {self.where}" if self.look.width is None else text
+        if self.look.width is None:
+            return f"{text} — {self.where}"
+        import textwrap
+
+        return textwrap.fill(text, width=max(20, int(self.look.width * 72 / (self.look.title * 0.56))))
 
     @property
     def n_ops(self) -> int:
@@ -338,12 +342,12 @@ def _legend_handles(ctx: _Ctx, ref_label: str | None, status: bool, events: bool
     return handles
 
 
-def _place_legend(fig, axes_spare: list, handles: list, look: _Look = LOOKS[None]) -> None:
-    """In the grid's spare cells when there are any (on screen), else beside (screen) or
-    under (paper sizes) the figure."""
+def _place_legend(fig, axes_spare: list, handles: list, look: _Look = LOOKS[None], underneath: bool = False) -> None:
+    """In the grid's spare cells when there are any (and, at paper sizes, it fits there),
+    else beside (screen) or under (paper sizes) the figure."""
     for a in axes_spare:
         a.set_axis_off()
-    if axes_spare:
+    if axes_spare and not underneath:
         # the spare cells form the right end of the last row: anchor the legend there
         axes_spare[-1].legend(handles=handles, loc="center", frameon=False, fontsize=look.legend,
                               ncols=1 if len(axes_spare) == 1 else 2,
@@ -365,18 +369,24 @@ def _task_grid(ctx: _Ctx, series, title: str, ylabel: str, ref: float | None, re
     n = ctx.n_tasks
     look = ctx.look
     nrows, ncols = _grid_shape(n, look)
+    underneath = False
     if look.width is None:
         w = max(GRID_SIZE[0], 3.0 * ncols)
         h = max(GRID_SIZE[1], 2.1 * nrows + 1.9)
-    else:  # a column width; the legend goes underneath
+    else:  # a column width: the legend in the spare cells when it fits there, else underneath
         w = look.width
         h = look.row_h * nrows + (0.3 if ctx.titles else 0.05) + 0.3
-        if nrows * ncols == n:  # no spare cell: the legend goes underneath
+        texts = ctx.labels + [ctx.band_label] + [h.get_label() for h in _outcome_handles(ctx)]
+        texts += ["status differs by seed/run"] if (ctx.status == "mixed").any() else []
+        longest = max(len(x) for x in texts)
+        legend_w = longest * look.legend * 0.55 / 72 + 0.45
+        if legend_w > (nrows * ncols - n) * w / ncols * 0.95:
+            underneath = True
             h += look.legend / 72 * 1.5 * math.ceil((len(ctx.runs) + 6) / look.legend_cols)
     fig = Figure(figsize=(w, h), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     if markers is None:
-        markers = ctx.n_ops <= 24
+        markers = ctx.n_ops <= (24 if look.width is None else 12)
     data = [series(r) for r in ctx.runs]
     for t in range(n):
         ax = axes[t]
@@ -420,7 +430,7 @@ def _task_grid(ctx: _Ctx, series, title: str, ylabel: str, ref: float | None, re
     absent = {j for j, d in enumerate(data) if d is None}
     _place_legend(fig, list(axes[n:]), _legend_handles(ctx, ref_label, status=True, events=True,
                                                         absent=absent, absent_note=absent_note)
-                  + _outcome_handles(ctx), look)
+                  + _outcome_handles(ctx), look, underneath)
     return fig
 
 
