@@ -182,7 +182,14 @@ def test_load_results_falls_back_to_mean_tables(tmp_path):
     assert r.from_aggregate and r.n_seeds == 3
     mean, std = r.mean_std("test_acc")
     assert mean.shape == (9, 5) and std.max() > 0
-    np.testing.assert_allclose(std, pd.read_csv(d / "std" / "test_acc.csv").iloc[:, 1:].to_numpy(), atol=1e-6)
+    # this folder's std/ was written with ddof 0 (no "std_ddof" in summary.json): read as ddof 1
+    stored = pd.read_csv(d / "std" / "test_acc.csv").iloc[:, 1:].to_numpy()
+    np.testing.assert_allclose(std, stored * np.sqrt(3 / 2), atol=1e-6)
+    from cluctl.plots import summary_value
+
+    accs = [e["acc"] for e in r.summary["seeds"]]
+    assert summary_value(r, "acc")[1] == pytest.approx(np.std(accs, ddof=1))  # not the stored ddof-0 value
+    assert r.summary["std"]["acc"] == pytest.approx(np.std(accs))
     from cluctl.plots import figures
 
     ctx = figures._context([r])

@@ -2,9 +2,10 @@
 
 Public API:
 
-* :func:`standard_figures` (results_dirs, out_dir, fmt="png", dpi=120) -> list of paths:
-  tasks_test, tasks_train, tasks_confidence, tow, clu_mix, mia_auc (when a folder has
-  mia.csv), summary.
+* :func:`standard_figures` (results_dirs, out_dir, fmt="png", dpi=120, size=None,
+  title=True, labels=None, warn=None) -> list of paths: tasks_test, tasks_train,
+  tasks_confidence, tow, clu_mix, mia_auc (when a folder has mia.csv), summary.
+  ``size`` "single"/"double": 3.3 / 6.9 in column widths; ``labels``: {run or folder: name}.
 * :func:`load_results` (dir) -> :class:`Results`: one launch folder read into arrays.
 * :func:`algo_color` (algo) -> the algorithm's fixed colour; :data:`FORMATS`, :data:`FIGURES`.
 """

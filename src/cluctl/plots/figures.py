@@ -230,6 +230,9 @@ def sequence_warning(runs: list[Results]) -> str | None:
     if len(seqs) < 2 and len(ops) < 2:
         return None
     what = " vs ".join(f"{strip_hash(r.run)}: {r.sequence or '?'}" for r in runs)
+    if len(seqs) < 2:
+        return (f"the runs of sequence {seqs[0]} ran different operations at some rows (a seed-dependent "
+                f"sequence with other seeds): figures align them by row index; such rows are marked U*/L*/#i")
     return (f"comparing runs with different sequences ({what}): figures align them by row index, so a row "
             f"may be a different operation in each run")
 

@@ -283,9 +283,12 @@ def load_results(path: str) -> Results:
             arr[j, : vals.shape[0]] = vals
         tables[name] = arr
     std_tables = {}
+    n_summary = len(_summary_seeds(summary))
     for name, (_, vals) in std_raw.items():
         arr = np.full((n_ops, n_tasks), np.nan)
         arr[: vals.shape[0]] = vals[:n_ops]
+        if summary.get("std_ddof") != STD_DDOF:  # written with ddof 0 (before std_ddof): rescale to ddof 1
+            arr = arr * math.sqrt(n_summary / (n_summary - 1)) if n_summary > 1 else np.full_like(arr, np.nan)
         std_tables[name] = arr
 
     if len({tuple(o) for o in seed_ops}) == 1:  # the usual case: every seed ran the same ops
@@ -388,8 +391,10 @@ def summary_value(res: Results, key: str) -> tuple[float | None, float | None]:
     vals = [e.get(key) for e in (s.get("seeds") or []) if isinstance(e, dict)]
     vals = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
     mean = _num((s.get("mean") or {}).get(key)) if key in (s.get("mean") or {}) else (float(np.mean(vals)) if vals else None)
-    std = (_num((s.get("std") or {}).get(key)) if key in (s.get("std") or {})
-           else (float(np.std(vals, ddof=STD_DDOF)) if len(vals) > STD_DDOF else None))
+    if key in (s.get("std") or {}) and (s.get("std_ddof") == STD_DDOF or not vals):
+        std = _num((s.get("std") or {}).get(key))
+    else:  # not stored, or stored with ddof 0 (folders written before std_ddof 1): from the seeds
+        std = float(np.std(vals, ddof=STD_DDOF)) if len(vals) > STD_DDOF else None
     return mean, std
 
 
