@@ -105,7 +105,7 @@ def test_tidy_results_csv_holds_every_value(folder):
     df = pd.read_csv(res / "results.csv", keep_default_na=False)
     assert tuple(df.columns) == TIDY_COLUMNS
     assert set(df["run"]) == {p.run} and set(df["algo"]) == {"neggem"} and set(df["dataset"]) == {"digits"}
-    per_seed = 4 * len(MATRICES) * N_TASKS + 4 * 6 + 2 + 4 * 3  # tables, op metrics, acc/bwt, mia (3 measures)
+    per_seed = 4 * len(MATRICES) * N_TASKS + 4 * 5 + 2 + 4 * 3  # tables, op metrics, acc/bwt, mia (3 measures)
     assert len(df) == 3 * per_seed
     num = pd.read_csv(res / "results.csv")
     # every matrix cell, by (seed, row, task): the same numbers as seed-*/ tables
@@ -236,3 +236,19 @@ def test_evaluate_latex_and_markdown_tables(folder, capsys):
         evaluate_results(str(res), fmt="html")
     with pytest.raises(UsageError, match="mutually exclusive"):
         evaluate_results(str(res), fmt="latex", as_json=True)
+
+
+def test_results_csv_is_the_same_bytes_for_the_same_results(tmp_path):
+    """Wall times stay out of results.csv (they are in summary.json): a resumed or
+    re-aggregated run gives the same file."""
+    run = {"run": "r", "n_tasks": 2, "k": 1, "sequence": "L0-1",
+           "config": {"algo": "neggem", "learn_algo": "gem", "dataset": "digits"}}
+
+    def results(wall):
+        return [{"op": op, "eval": {m: [0.5, 0.25] for m in MATRICES}, "summary": {"steps": 3, "op_wall_s": wall}}
+                for op in ("L0", "L1")]
+
+    a = write_results(tmp_path / "a", run, {0: results(1.0), 1: results(2.0)})
+    b = write_results(tmp_path / "b", run, {0: results(7.5), 1: results(0.1)})
+    assert (a / "results.csv").read_bytes() == (b / "results.csv").read_bytes()
+    assert (a / "run.toml").read_text() == (b / "run.toml").read_text()

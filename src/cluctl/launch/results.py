@@ -28,7 +28,7 @@ the sample standard deviation (ddof = 1), empty where fewer than two seeds have 
 ``task``/``status``: for the per-task values (``test_acc``, ``test_conf``, ``train_acc``,
 ``train_conf``, ``mia_<attack>_<members>_<measure>``) the task and its status after the
 operation (learned, forgotten, unseen); for the per-operation metrics (``retain_acc``,
-``forget_acc``, ``tow``, ``clu_mix``, ``steps``, ``wall_s``) ``task`` is empty and
+``forget_acc``, ``tow``, ``clu_mix``, ``steps``) ``task`` is empty and
 ``status`` says how the operation ended (the ``stopped`` column of ``metrics.csv``); for
 ``acc``/``bwt`` ``row``, ``op`` and ``task`` are empty and ``status`` is the seed's
 (complete or failed).
@@ -385,14 +385,11 @@ def write_results(out: str | os.PathLike, run_obj: dict, per_seed: dict[int, lis
                 tidy_mia(s, i, labels[i], row)
     metric_rows.sort(key=lambda r: (r[0], r[1]))
 
-    # per-operation metrics and the seeds' ACC/BWT in the tidy table
-    walls = {e["seed"]: e.get("op_wall_s") or [] for e in seed_entries}
+    # per-operation metrics and the seeds' ACC/BWT in the tidy table (no wall times: the same
+    # results give the same bytes; they are in summary.json)
     for r in metric_rows:
         s, i, label = r[0], r[1], r[2]
         values = dict(zip(OP_METRICS, r[3:7]), steps=r[7])
-        wall = walls.get(s, [])
-        if i < len(wall):
-            values["wall_s"] = wall[i]
         for j, (name, v) in enumerate(values.items()):
             tidy.append(((s, i, 1, j, 0), [*ident, s, i, label, None, r[8], name, v]))
     for e in seed_entries:
