@@ -119,6 +119,31 @@ def test_seed_alone_is_bit_identical(ref, tmp_path):
     assert s["run"] == ref["run"] and [e["seed"] for e in s["seeds"]] == [1]
 
 
+def test_dangling_op_ref_is_redone_on_resume(ref, tmp_path):
+    """An operation whose result record (or its checkpoint) is gone from the store is not
+    finished: the same command redoes it and gives the same results (issue: a dangling op
+    ref made the run impossible to resume)."""
+    import shutil
+
+    store = tmp_path / "st"
+    shutil.copytree(ref["store"], store)
+    st = Store.open(store)
+    run = ref["run"]
+    last = len(ref["summary"]["ops"]) - 1
+    gone = st.get_ref(f"runs/{run}/seed-1/op-003")
+    st.object_path(gone).unlink()  # the op-result of op 3 of seed 1: its ref now dangles
+    rec = st.get_json(st.get_ref(f"runs/{run}/seed-2/op-{last - 1:03d}"))
+    st.object_path(rec["checkpoint"]).unlink()  # seed 2, last but one: the record stays, its checkpoint is gone
+    r = cluctl("--sequence", "A4", "--seeds", "3", *TINY, "--store", str(store), "--out", str(tmp_path / "res"),
+               "--no-plots")
+    assert r.returncode == 0, r.stderr
+    same_csvs(ref["res"], tmp_path / "res", [0, 1, 2])
+    st = Store.open(store)
+    redone = st.get_ref(f"runs/{run}/seed-1/op-003")  # a new record (its timings differ), same checkpoint
+    assert redone != gone and st.has_object(redone)
+    assert st.has_object(rec["checkpoint"])
+
+
 @pytest.mark.slow
 def test_sigkill_midway_then_resume_is_bit_identical(ref, tmp_path):
     args = ["--sequence", "A4", "--seed-list", "1", *TINY, "--store", str(tmp_path / "st"),

@@ -90,12 +90,10 @@ def learn(**values):
 
     task, tag, quiet = values["task"], values.get("tag"), bool(values.get("quiet"))
     setup_logging(quiet)
-    if tag is not None:
-        from ..store import Store
-
-        Store.check_ref_name(f"tags/{tag}")
     ex, opts = _operation_call(values)
     st = open_store(values.get("store"))
+    if tag is not None:  # a bad, overlong or taken name fails before any work
+        st.check_tag_name(tag)
     with progress_bar(not quiet, f"learn task {task}") as prog:
         res = api.learn(task, from_ref=values.get("from_ref"), store=st, progress=prog, **ex, **opts)
     if tag:
@@ -123,12 +121,10 @@ def unlearn(**values):
 
     task, tag, quiet = values["task"], values.get("tag"), bool(values.get("quiet"))
     setup_logging(quiet)
-    if tag is not None:
-        from ..store import Store
-
-        Store.check_ref_name(f"tags/{tag}")
     ex, opts = _operation_call(values)
     st = open_store(values.get("store"), must_exist=True)
+    if tag is not None:  # a bad, overlong or taken name fails before any work
+        st.check_tag_name(tag)
     with progress_bar(not quiet, f"unlearn task {task}") as prog:
         res = api.unlearn(task, from_ref=values["from_ref"], store=st, progress=prog, **ex, **opts)
     if tag:

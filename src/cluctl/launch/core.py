@@ -122,6 +122,11 @@ def aggregate(plan: Plan, store, console: Console, complete_only_ok: bool = True
                       f"`cluctl launch --resume {plan.run} --mia`", markup=False, soft_wrap=True)
     mia = plan.mia or have_mia
     refs, trained = retrain_refs(plan, store, run_obj, complete, console)
+    if not plan.quiet:
+        import time
+
+        console.print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} writing results of {len(complete)} seed(s) to "
+                      f"{plan.out}" + (" (and the figures)" if plan.plots else ""), markup=False, soft_wrap=True)
     out = write_results(plan.out, run_obj, complete, mia=mia, failed=failed_seeds, references=refs,
                         reference=plan.reference, retrain_ops=trained, store=store)
     if plan.plots:

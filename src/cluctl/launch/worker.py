@@ -63,13 +63,23 @@ def seed_failure(store, run: str, seed: int, done: int) -> dict | None:
 
 
 def finished_ops(store, run: str, seed: int) -> dict[int, str]:
-    """{op index: op-result id} for the seed's finished operations."""
+    """{op index: op-result id} for the seed's finished operations. An operation whose ref
+    dangles (its result record is gone) or whose result's checkpoint is gone (neither
+    present nor purged) is not finished: a resume redoes it."""
     prefix = seed_prefix(run, seed) + "/op-"
     out = {}
-    for name, oid in store.list_refs(prefix).items():
+    for name, oid in store.list_refs(prefix, skip_dangling=True).items():
         tail = name[len(prefix):]
-        if tail.isdigit():
-            out[int(tail)] = oid
+        if not tail.isdigit():
+            continue
+        if store.has_object(oid):
+            try:
+                ck = store.get_json(oid).get("checkpoint")
+            except CluctlError:
+                continue  # a damaged record: redo the operation (verify reports the damage)
+            if isinstance(ck, str) and not (store.has_object(ck) or store.is_tombstoned(ck)):
+                continue
+        out[int(tail)] = oid
     return out
 
 
