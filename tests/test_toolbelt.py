@@ -94,6 +94,21 @@ def test_launch_json_prints_the_outcome_and_summary(tmp_path):
     u = _cli("unlearn", "--task", "0", "--from", op1, "--json", "-q", store=store)
     assert u.returncode == 0, u.stderr
     assert json.loads(u.stdout)["summary"]["op"] == "U0"
+    # the store commands print JSON too
+    lg = _cli("store", "log", f"runs/{out['run']}/seed-0/op-002", "--json", store=store)
+    assert lg.returncode == 0, lg.stderr
+    assert [r["op"] for r in json.loads(lg.stdout)] == ["U1", "L1", "L0", "init"]
+    v = _cli("store", "verify", "--json", store=store)
+    assert v.returncode == 0 and json.loads(v.stdout)["consistent"] is True and json.loads(v.stdout)["problems"] == []
+    g = _cli("store", "gc", "--dry-run", "--json", store=store)
+    assert g.returncode == 0 and set(json.loads(g.stdout)) == {"dry_run", "removed", "bytes_freed", "spared_recent"}
+    pd = _cli("store", "purge", "--task", "1", "--run", out["run"], "--dry-run", "--json", store=store)
+    assert pd.returncode == 0, pd.stderr
+    plan = json.loads(pd.stdout)
+    assert plan["dry_run"] is True and plan["checkpoints"] and plan["manifests"]
+    # before the purge, task 1's data is still there: verify --task (= --erased) says so, exit 1
+    ve = _cli("store", "verify", "--task", "1", "--run", out["run"], "--json", store=store)
+    assert ve.returncode == 1 and json.loads(ve.stdout)["consistent"] is False
 
 
 def test_memorize_json(tmp_path):

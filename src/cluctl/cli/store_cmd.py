@@ -10,6 +10,7 @@ import typer
 
 from ..errors import UsageError
 from .common import StoreOpt, err, open_store, print_json
+from .options import complete_ref
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -137,35 +138,47 @@ def show(
 
 @app.command()
 def log(
-    ref: str = typer.Argument(..., help="Checkpoint ref, id or prefix."),
+    ref: str = typer.Argument(..., help="Checkpoint ref, id or prefix (a launch's runs/<run>/seed-<s>/op-NNN too).",
+                              autocompletion=complete_ref),
     store: Optional[str] = StoreOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (a stable interface)."),
 ):
     """The lineage of a checkpoint back to the initial weights, newest first.
 
     Example: cluctl store log tags/unlearned-4
     """
+    from ..api import checkpoint_id
+
     st = open_store(store, must_exist=True)
-    oid = st.resolve(ref)
+    oid = checkpoint_id(st, ref)
     seen = set()
+    rows = []
     while oid:
         if oid in seen:  # pragma: no cover - content addressing makes cycles impossible
             break
         seen.add(oid)
         if st.is_tombstoned(oid):
             tomb = st.get_tombstone(oid) or {}
-            typer.echo(f"{oid[:12]}  (purged: {tomb.get('reason', 'no reason recorded')})")
+            rows.append({"id": oid, "purged": tomb.get("reason", "no reason recorded")})
+            if not as_json:
+                typer.echo(f"{oid[:12]}  (purged: {rows[-1]['purged']})")
             break
         meta = _ckpt_meta(st, oid)
         if meta is None:
             raise UsageError(f"object {oid[:12]} is not a checkpoint")
         s = meta.get("summary") or {}
-        extra = ""
-        if s:
-            extra = f"  {s.get('algo', '')} {s.get('steps', '')} steps"
-            if s.get("final_forget_acc") is not None:
-                extra += f", forget acc {s['final_forget_acc']:.3f}"
-        typer.echo(f"{oid[:12]}  {meta.get('op'):>5}  learned [{' '.join(map(str, meta.get('learned') or []))}]{extra}")
+        rows.append({"id": oid, "op": meta.get("op"), "learned": meta.get("learned") or [],
+                     "forgotten": meta.get("forgotten") or [], "parent": meta.get("parent"), "summary": s})
+        if not as_json:
+            extra = ""
+            if s:
+                extra = f"  {s.get('algo', '')} {s.get('steps', '')} steps"
+                if s.get("final_forget_acc") is not None:
+                    extra += f", forget acc {s['final_forget_acc']:.3f}"
+            typer.echo(f"{oid[:12]}  {meta.get('op'):>5}  learned [{' '.join(map(str, meta.get('learned') or []))}]{extra}")
         oid = meta.get("parent")
+    if as_json:
+        print_json(rows)
 
 
 @app.command()
@@ -202,10 +215,11 @@ def rm_ref(
 
 @app.command()
 def verify(
-    erased: Optional[int] = typer.Option(None, "--erased", help="Also check that nothing left references task T's samples (with --run or --ref)."),
+    erased: Optional[int] = typer.Option(None, "--erased", "--task", help="Also check that nothing left references task T's samples (with --run or --ref; --task T as in purge)."),
     run: Optional[str] = typer.Option(None, "--run", help="With --erased: the launch run whose task T was erased."),
     ref: Optional[str] = typer.Option(None, "--ref", help="With --erased: a checkpoint of the lineage whose task T was erased."),
     store: Optional[str] = StoreOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (a stable interface)."),
 ):
     """Check every object's hash, every ref, every checkpoint's parent and manifest; remove
     temp files of dead writers. Exit 1 if anything is wrong.
@@ -221,6 +235,12 @@ def verify(
         from ..store.purge import erased_problems
 
         res.extend(erased_problems(st, erased, run=run, ref=ref))
+    if as_json:
+        print_json({"store": str(st.root), "consistent": not res, "info": list(res.info),
+                    "problems": [{"kind": p.kind, "message": str(p)} for p in res]})
+        if res:
+            raise typer.Exit(1)
+        return
     for line in res.info:
         err.print(line, markup=False)
     for p in res:
@@ -236,6 +256,7 @@ def gc(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
     grace: float = typer.Option(3600, "--grace", help="Spare unreachable objects younger than this many seconds."),
     store: Optional[str] = StoreOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (a stable interface)."),
 ):
     """Remove objects no ref reaches (sparing recent ones) and dead writers' temp files.
 
@@ -245,6 +266,10 @@ def gc(
         raise UsageError(f"--grace must be a number of seconds >= 0, got {grace}")
     st = open_store(store, must_exist=True)
     rep = st.gc(dry_run=dry_run, grace_s=grace)
+    if as_json:
+        print_json({"dry_run": dry_run, "removed": list(rep.removed), "bytes_freed": rep.bytes_freed,
+                    "spared_recent": rep.spared_recent})
+        return
     for oid in rep.removed:
         typer.echo(oid)
     verb = "would free" if dry_run else "freed"
@@ -259,6 +284,7 @@ def purge(
     ref: Optional[str] = typer.Option(None, "--ref", help="Or: a checkpoint whose lineage (same initial weights) to purge."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
     store: Optional[str] = StoreOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (a stable interface)."),
 ):
     """Delete every stored object that carries task T's training samples or was trained on
     them without a later unlearning: the checkpoints that have T learned, the manifests
@@ -277,6 +303,12 @@ def purge(
     dirs = results_dirs_for_run(st, run) if run else []
     rep = purge_task(st, task, run=run, ref=ref, dry_run=dry_run, results_dirs=dirs)
     verb = "would remove" if dry_run else "removed"
+    if as_json:
+        print_json({"task": task, "dry_run": dry_run, "completed_interrupted": list(rep.completed),
+                    "checkpoints": list(rep.checkpoints), "manifests": list(rep.manifests),
+                    "scores": list(rep.scores), "purged_again": list(rep.purged_again),
+                    "derived_objects": list(rep.derived_objects), "derived_files": [str(f) for f in rep.derived_files]})
+        return
     for what in rep.completed:
         err.print(f"completed the interrupted purge of {what}", markup=False)
     for kind, ids in (("checkpoint", rep.checkpoints), ("manifest", rep.manifests), ("scores", rep.scores),
