@@ -150,6 +150,9 @@ def _with_precision(op):
     @functools.wraps(op)
     def run(state: State, task: int, *args, precision: str | None = None, **kwargs):
         prec = check_precision(state, precision or state.execution.get("precision"))
+        if prec == "bf16" and state.config.get("profile") == "thesis":
+            raise UsageError("--precision bf16 does not apply to --profile thesis (it runs the reference code's "
+                             "float32 steps)", "use --precision fp32")
         try:
             with forward_precision(prec):
                 return op(state, task, *args, **kwargs)
@@ -184,6 +187,20 @@ def check_learnable(state: State, task: int) -> int:
 # ---------------------------------------------------------------- creation
 
 
+def _profile_key(cfg: dict, given: dict | None) -> None:
+    """``--profile``: checked; ``spec`` (the default) is left out of the config and of what
+    was given, so that a spec run's checkpoints are the same bytes as before the option."""
+    prof = C.check("profile", cfg.get("profile")) or "spec"
+    if prof == "spec":
+        cfg.pop("profile", None)
+        if given is not None:
+            given.pop("profile", None)
+    else:
+        cfg["profile"] = prof
+        if given is not None:
+            given["profile"] = prof
+
+
 def run_config(dataset: str = "digits", tasks: int | None = None, model: str | None = None,
                width: int | None = None, seed: int = 0, **rest) -> dict:
     cfg = dict(C.LEARN_DEFAULTS)
@@ -209,6 +226,8 @@ def new_state(cfg: dict, device: str | None = None, data_root: str | None = None
     if seed < 0:
         raise UsageError(f"--seed must be >= 0, got {seed}")
     cfg["seed"] = seed
+    given = dict(given)
+    _profile_key(cfg, given)
     if threads:
         torch.set_num_threads(int(threads))
     ds = load_dataset(cfg["dataset"], data_root=data_root, download=download)
@@ -294,6 +313,8 @@ def learn_task(state: State, task: int, progress: ProgressFn | None = None,
                scores_fn: ScoresFn | None = None, impl: str = "fast") -> dict:
     """Learn ``task`` with the configured algorithm (SPEC §2), then fill its buffers (§5)."""
     task = check_learnable(state, task)
+    if state.config.get("profile") == "thesis":
+        return _thesis_learn_task(state, task, progress, scores_fn)
     cfg = state.config
     algo = get_learn_algo(cfg["learn_algo"])
     t0 = time.perf_counter()
@@ -432,6 +453,8 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
         raise UsageError(f"unknown unlearning option(s): {', '.join(sorted(unknown))}")
     given = {**{k: v for k, v in state.given.items() if k in C.UNLEARN_DEFAULTS}, **now}
     cfg = R.resolve_unlearn(state.config, given, state.k)
+    if state.config.get("profile") == "thesis":
+        return _thesis_unlearn_task(state, task, cfg, given, now, progress, step_hook)
     algo = get_unlearn_algo(cfg["algo"])
     t0 = time.perf_counter()
     gen = op_generator(cfg["seed"], len(state.history))
@@ -537,6 +560,212 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
     return summary
 
 
+# ---------------------------------------------------------------- the thesis profile
+
+_RAW: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _inputs(state: State):
+    """The (x_train, y_train, x_test, y_test) an operation's network sees: normalised
+    (spec), or the raw pixels of the thesis profile (``thesis.raw_pixels``)."""
+    x_tr, y_tr, x_te, y_te = device_data(state.dataset, state.device)
+    if state.config.get("profile") != "thesis":
+        return x_tr, y_tr, x_te, y_te
+    from . import thesis as T
+
+    ds = state.dataset
+    key = (id(ds), str(state.device))
+    if key not in _RAW:
+        _RAW[key] = (T.raw_pixels(x_tr, ds.mean, ds.std, ds.name), T.raw_pixels(x_te, ds.mean, ds.std, ds.name))
+    xr_tr, xr_te = _RAW[key]
+    return xr_tr, y_tr, xr_te, y_te
+
+
+def _thesis_ctx(state: State, observed: list[int], rng):
+    """A :class:`cluctl.thesis.Ctx` over ``observed`` with every buffered task's buffers
+    (raw inputs, labels as positions among the task's classes), in the buffers' order."""
+    from . import thesis as T
+
+    x_tr, y_tr, _, _ = _inputs(state)
+    ctx = T.Ctx(model=state.model, observed=list(observed), rng=rng,
+                classes={t: torch.tensor(state.classes(t), device=state.device) for t in range(state.n_tasks)})
+    for t in observed:
+        if t not in state.buffers:
+            continue
+        lut = _lookup(state.dataset.num_classes, state.classes(t), state.device)
+        for kind, xs, ys in (("learn", ctx.learn_x, ctx.learn_y), ("unlearn", ctx.unlearn_x, ctx.unlearn_y)):
+            idx = torch.as_tensor(state.buffers[t][kind]["indices"], dtype=torch.long).to(state.device)
+            xs[t] = x_tr[idx]
+            ys[t] = lut[y_tr[idx]]
+    return ctx
+
+
+def _thesis_learn_task(state: State, task: int, progress: ProgressFn | None, scores_fn: ScoresFn | None) -> dict:
+    """Learning with ``--profile thesis`` (docs/thesis-profile.md): the reference's loop
+    (no-shuffle, partial-batch, epoch-test-forward, dead-early-exit), its step
+    (:func:`cluctl.thesis.learn_step`) and its buffer choice."""
+    from . import thesis as T
+
+    cfg = T.learn_options(state.config, state.given, state.history)
+    T.check_supported(cfg)
+    t0 = time.perf_counter()
+    rng = T.op_random(cfg["seed"], len(state.history))
+    model = state.model
+    params = param_list(model)
+    x_tr, y_tr, _, _ = _inputs(state)
+    cls = state.classes(task)
+    idx = task_indices(state.dataset.y_train, cls)
+    n = len(idx)
+    lut = _lookup(state.dataset.num_classes, cls, state.device)
+    X = x_tr[idx.to(state.device)]
+    Y = lut[y_tr[idx.to(state.device)]]
+    # relearn-duplicate is not reproduced: the task goes last, once
+    observed = [j for j in state.learned if j != task] + [task]
+    ctx = _thesis_ctx(state, observed[:-1], rng)
+    ctx.observed = observed
+    bs, epochs, lr, algo = cfg["batch_size"], cfg["epochs"], cfg["lr"], cfg["learn_algo"]
+    total = epochs * math.ceil(n / bs)
+    steps = 0
+    guard = _DivergenceGuard(state, params)
+
+    def diverged(reason: str) -> None:
+        guard.fail(f"learning task {task} ({algo}, thesis profile)", reason,
+                   {"op": f"L{task}", "algo": algo, "steps": steps, "projections": ctx.projections},
+                   f"lower --lr (now {lr:g})")
+
+    model.train()
+    for epoch in range(epochs):
+        for s in range(0, n, bs):  # no-shuffle, partial-batch
+            upd = T.learn_step(ctx, X[s : s + bs], Y[s : s + bs], task, algo, cfg["mem_strength"], lr)
+            steps += 1
+            why = guard.check_update(upd) or guard.check_weights()
+            if why:
+                diverged(why)
+            faults.point("train-step")
+            if progress:
+                progress(steps, total, f"L{task} epoch {epoch + 1}/{epochs}")
+        with torch.no_grad():  # epoch-test-forward (its early exit never fires: dead-early-exit)
+            for s in range(0, n, T.EVAL_CHUNK):
+                model(X[s : s + T.EVAL_CHUNK])
+    # buffers (buffer-prefix: every sample; python-random, buffer-duplicates, mem-class-lookup)
+    m = buffer_size(cfg["memories"], n)
+    lt, ut = cfg["learn_buffer_type"], cfg["unlearn_buffer_type"]
+    pos_scores = None
+    scores_id = None
+    if lt in ("most", "least") or ut in ("most", "least"):
+        if scores_fn is None:
+            raise UsageError("ranked buffer types need memorization scores", "pass --mem-scores REF")
+        all_scores, scores_id = scores_fn(state)
+        pos_scores = T.position_scores(np.asarray(all_scores), state.dataset.y_train.numpy(), cls,
+                                       state.dataset.name, n)
+    learn_pos = T.select_positions(n, cfg["memories"], cfg["learn_buffer_split"], lt, rng, pos_scores)
+    unlearn_pos = learn_pos if ut == "same" else T.select_positions(
+        n, cfg["memories"], cfg["unlearn_buffer_split"], ut, rng, pos_scores)
+    idx_l = idx.tolist()
+    state.buffers[task] = {
+        "learn": {"type": lt, "split": cfg["learn_buffer_split"],
+                  "scores": scores_id if lt in ("most", "least") else None,
+                  "indices": [idx_l[p] for p in learn_pos]},
+        "unlearn": {"type": ut, "split": cfg["unlearn_buffer_split"] if ut != "same" else None,
+                    "scores": scores_id if ut in ("most", "least") else None,
+                    "indices": [idx_l[p] for p in unlearn_pos]},
+    }
+    if scores_id:
+        state.scores_id = scores_id
+    if task in state.forgotten:
+        state.forgotten.remove(task)
+    if task not in state.learned:
+        state.learned.append(task)
+    state.history.append(f"L{task}")
+    state.op_config = dict(cfg)
+    summary = {"op": f"L{task}", "algo": algo, "profile": "thesis", "steps": steps, "projections": ctx.projections,
+               "qp_fallbacks": 0, "samples": n, "buffer_size": m, "wall_s": round(time.perf_counter() - t0, 4)}
+    state.last_op = summary
+    return summary
+
+
+def _thesis_unlearn_task(state: State, task: int, cfg: dict, given: dict, now: dict,
+                         progress: ProgressFn | None, step_hook: Callable | None) -> dict:
+    """Unlearning with ``--profile thesis``: the reference's rule defaults (stop-cutoffs,
+    unlearn-rates, scales), loop (stop-loop, stop-train-mode) and step
+    (:func:`cluctl.thesis.unlearn_step`)."""
+    from . import thesis as T
+
+    algo = cfg["algo"]
+    lcfg = T.learn_options(state.config, state.given, state.history)
+    T.check_supported({**lcfg, **cfg}, algo)
+    for k, v in T.unlearn_rule_defaults(algo).items():
+        if given.get(k) is None:
+            cfg[k] = v
+    t0 = time.perf_counter()
+    retained = [j for j in state.learned if j != task]
+    steps = 0
+    final_acc = None
+    stopped = "reset"
+    projections = 0
+    if not retained:  # only-task-reset
+        if state.initial_weights is None:
+            raise NotFound("the run's initial weights are not available to reset to")
+        state.model.load_state_dict(state.initial_weights())
+    else:
+        model = state.model
+        params = param_list(model)
+        rng = T.op_random(cfg["seed"], len(state.history))
+        ctx = _thesis_ctx(state, list(state.learned), rng)
+        Ux, Uy = ctx.unlearn_x[task], ctx.unlearn_y[task]
+        n_mem, b = int(lcfg["memories"]), int(cfg["unlearn_batch_size"])
+        total = cfg["max_epochs"] * math.ceil(n_mem / b)
+        guard = _DivergenceGuard(state, params)
+        mask = None
+        stopped = "max-epochs"
+
+        def diverged(reason: str) -> None:
+            guard.fail(f"unlearning task {task} ({algo}, thesis profile)", reason,
+                       {"op": f"U{task}", "algo": algo, "steps": steps, "projections": ctx.projections,
+                        "qp_fallbacks": 0, "final_forget_acc": final_acc, "stop_acc": cfg["stop_acc"]},
+                       f"lower --unlearning-rate (now {cfg['unlearning_rate']:g}) or --forget-loss-scale "
+                       f"(now {cfg['forget_loss_scale']:g})")
+
+        model.train()
+        for _epoch in range(cfg["max_epochs"]):
+            for j in range(0, n_mem, b):  # stop-loop
+                final_acc = T.train_mode_accuracy(ctx, Ux, Uy, task)  # stop-train-mode
+                if final_acc <= cfg["stop_acc"]:
+                    stopped = "stop-acc"
+                    break
+                mask, updates = T.unlearn_step(ctx, algo, task, j, j + b, cfg, mask)
+                steps += 1
+                for upd in updates:
+                    why = guard.check_update(upd)
+                    if why:
+                        diverged(why)
+                if step_hook is not None:
+                    step_hook({"updates": updates, "mask": mask, "cfg": cfg})
+                why = guard.check_weights()
+                if why:
+                    diverged(why)
+                faults.point("train-step")
+                if progress:
+                    progress(steps, total, f"U{task} forget acc {final_acc:.3f}")
+            if stopped == "stop-acc":
+                break
+        projections = ctx.projections
+    state.learned.remove(task)
+    if task not in state.forgotten:
+        state.forgotten.append(task)
+    state.buffers.pop(task, None)
+    state.history.append(f"U{task}")
+    state.op_config = dict(cfg)
+    for k in now:
+        state.given[k] = cfg[k]
+        state.config[k] = cfg[k]
+    summary = {"op": f"U{task}", "algo": algo, "profile": "thesis", "steps": steps, "projections": projections,
+               "qp_fallbacks": 0, "final_forget_acc": final_acc, "stop_acc": cfg["stop_acc"], "stopped": stopped,
+               "wall_s": round(time.perf_counter() - t0, 4)}
+    state.last_op = summary
+    return summary
+
+
 # ---------------------------------------------------------------- evaluation
 
 
@@ -559,7 +788,7 @@ def evaluate_state(state: State) -> dict[str, np.ndarray]:
     model = state.model
     was = model.training
     model.eval()
-    x_tr, y_tr, x_te, y_te = device_data(state.dataset, state.device)
+    x_tr, y_tr, x_te, y_te = _inputs(state)
     res = {key: np.zeros(state.n_tasks) for key in ("test_acc", "test_conf", "train_acc", "train_conf")}
     for split, x, y in (("test", x_te, y_te), ("train", x_tr, y_tr)):
         logits = _logits(model, x).float()
@@ -582,7 +811,7 @@ def evaluate_state(state: State) -> dict[str, np.ndarray]:
 
 def per_sample_losses(state: State, indices, task: int, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """Masked cross-entropy and true-label confidence per sample (eval mode), for MIA."""
-    x_tr, y_tr, x_te, y_te = device_data(state.dataset, state.device)
+    x_tr, y_tr, x_te, y_te = _inputs(state)
     x, y = (x_tr, y_tr) if split == "train" else (x_te, y_te)
     idx = torch.as_tensor(indices, dtype=torch.long).to(state.device)
     cls = state.classes(task)
@@ -671,6 +900,11 @@ def load_state(store, ref: str, overrides: dict | None = None, device: str | Non
     given = dict(given)
     for key, val in (overrides or {}).items():
         if val is None:
+            continue
+        if key == "profile" and (val or "spec") != (stored.get(key) or "spec"):
+            raise UsageError(f"cannot change --profile when continuing from checkpoint {oid[:12]} "
+                             f"(it has profile={stored.get(key) or 'spec'})", "start a fresh run without --from")
+        if key == "profile":
             continue
         if key in ("dataset", "model", "width", "seed", "tasks") and val != stored.get(key):
             raise UsageError(
