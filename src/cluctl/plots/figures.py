@@ -345,7 +345,24 @@ def _legend_handles(ctx: _Ctx, ref_label: str | None, status: bool, events: bool
     return handles
 
 
-def _place_legend(fig, axes_spare: list, handles: list, look: _Look = LOOKS[None], underneath: bool = False) -> None:
+def _legend_entry_width(texts: list[str], look: _Look) -> float:
+    """Width (inches) of one legend column holding the widest of ``texts``: the text as
+    the font draws it, plus the handle and the padding."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    prop = FontProperties(size=look.legend)
+    widest = max(TextToPath().get_text_width_height_descent(x, prop, ismath=False)[0] for x in texts)
+    return widest / 72 + (1.8 + 0.5 + 1.0) * look.legend / 72 + 0.05
+
+
+def _legend_cols(texts: list[str], look: _Look, width: float) -> int:
+    """Legend columns that fit ``width`` inches (at most the size's own number)."""
+    return max(1, min(look.legend_cols, int(width * 0.97 // _legend_entry_width(texts, look))))
+
+
+def _place_legend(fig, axes_spare: list, handles: list, look: _Look = LOOKS[None], underneath: bool = False,
+                  cols: int | None = None) -> None:
     """In the grid's spare cells when there are any (and, at paper sizes, it fits there),
     else beside (screen) or under (paper sizes) the figure."""
     for a in axes_spare:
@@ -361,7 +378,7 @@ def _place_legend(fig, axes_spare: list, handles: list, look: _Look = LOOKS[None
         fig.legend(handles=handles, loc="outside right center", frameon=False, fontsize=look.legend)
     else:
         fig.legend(handles=handles, loc="outside lower center", frameon=False, fontsize=look.legend,
-                   ncols=look.legend_cols, handlelength=1.8, columnspacing=1.0, handletextpad=0.5)
+                   ncols=cols or look.legend_cols, handlelength=1.8, columnspacing=1.0, handletextpad=0.5)
 
 
 def _task_grid(ctx: _Ctx, series, title: str, ylabel: str, ref: float | None, ref_label: str | None,
@@ -372,25 +389,29 @@ def _task_grid(ctx: _Ctx, series, title: str, ylabel: str, ref: float | None, re
     n = ctx.n_tasks
     look = ctx.look
     nrows, ncols = _grid_shape(n, look)
-    underneath = False
+    underneath, legend_cols = False, look.legend_cols
+    data = [series(r) for r in ctx.runs]
     if look.width is None:
         w = max(GRID_SIZE[0], 3.0 * ncols)
         h = max(GRID_SIZE[1], 2.1 * nrows + 1.9)
     else:  # a column width: the legend in the spare cells when it fits there, else underneath
         w = look.width
         h = look.row_h * nrows + (0.3 if ctx.titles else 0.05) + 0.3
-        texts = ctx.labels + [ctx.band_label] + [h.get_label() for h in _outcome_handles(ctx)]
-        texts += ["status differs by seed/run"] if (ctx.status == "mixed").any() else []
-        longest = max(len(x) for x in texts)
-        legend_w = longest * look.legend * 0.55 / 72 + 0.45
+        texts = [f"{x} {absent_note}" if d is None else x for x, d in zip(ctx.labels, data)]
+        texts += [ctx.band_label, ref_label or "", "unlearn op (U t)"]
+        texts += [h.get_label() for h in _outcome_handles(ctx)]
+        mixed = bool((ctx.status == "mixed").any())
+        texts += ["status differs by seed/run"] if mixed else []
+        legend_w = _legend_entry_width(texts, look)
         if legend_w > (nrows * ncols - n) * w / ncols * 0.95:
             underneath = True
-            h += look.legend / 72 * 1.5 * math.ceil((len(ctx.runs) + 6) / look.legend_cols)
+            legend_cols = _legend_cols(texts, look, w)
+            entries = len(ctx.runs) + 6 + mixed + len(_outcome_handles(ctx))
+            h += look.legend / 72 * 1.45 * math.ceil(entries / legend_cols) + 0.1
     fig = Figure(figsize=(w, h), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     if markers is None:
         markers = ctx.n_ops <= (24 if look.width is None else 12)
-    data = [series(r) for r in ctx.runs]
     for t in range(n):
         ax = axes[t]
         _shade_status(ax, ctx.status[:, t])
@@ -433,7 +454,7 @@ def _task_grid(ctx: _Ctx, series, title: str, ylabel: str, ref: float | None, re
     absent = {j for j, d in enumerate(data) if d is None}
     _place_legend(fig, list(axes[n:]), _legend_handles(ctx, ref_label, status=True, events=True,
                                                         absent=absent, absent_note=absent_note)
-                  + _outcome_handles(ctx), look, underneath)
+                  + _outcome_handles(ctx), look, underneath, legend_cols)
     return fig
 
 
@@ -499,7 +520,8 @@ def _line_figure(ctx: _Ctx, series, title: str, ylabel: str, ylim, ref: float | 
     if is_u.any():
         handles.append(Patch(facecolor=UNLEARN_SHADE, edgecolor="#bbbbbb", label="unlearning op"))
     handles += _outcome_handles(ctx)
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), look.legend_cols),
+    cols = look.legend_cols if look.width is None else _legend_cols([h.get_label() for h in handles], look, width)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), cols),
                frameon=False, fontsize=look.legend, columnspacing=1.0 if look.width else 2.0)
     return fig
 

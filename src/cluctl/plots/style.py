@@ -106,7 +106,7 @@ def run_labels(runs: list[tuple[str, str, str]], configs: list[dict] | None = No
     for lab, idx in groups.items():
         if len(idx) < 2:
             continue
-        keys = sorted({k for j in idx for k in configs[j]})
+        keys = sorted(set.intersection(*(set(configs[j]) for j in idx)))  # options every run records
         differ = [k for k in keys if k != "algo" and len({repr(configs[j].get(k)) for j in idx}) > 1]
         seqs = {sequences[j] for j in idx}
         names = {strip_hash(runs[j][1]) for j in idx}
