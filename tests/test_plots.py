@@ -580,3 +580,26 @@ def test_cli_paper_options_reach_the_library(two_runs, cli_app, monkeypatch):
     help_text = CliRunner().invoke(cli_app, ["plot", "--help"], env={"COLUMNS": "200"}).stdout
     for flag in ("--size", "--no-title", "--label", "--format"):
         assert flag in help_text
+
+
+@pytest.mark.parametrize("n_tasks", [4, 5])
+def test_paper_legends_stay_inside_the_figure(tmp_path, n_tasks):
+    """Long run names at 3.3 in: the legend moves under the grid and takes fewer columns
+    rather than being cut off (4 tasks: no spare cell; 5: one)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from cluctl.plots import figures
+
+    ops = [f"L{t}" for t in range(n_tasks)] + [f"U{t}" for t in range(n_tasks - 1, 0, -1)]
+    runs = [load_results(str(write_results(tmp_path, f"a4-{a}-1234567{j}", a, seeds=(0, 1), ops=ops,
+                                           n_tasks=n_tasks, k=2))) for j, a in enumerate(("neggem", "rl-gem"))]
+    labels = {runs[0].run: "NegGEM with the most memorized buffers", runs[1].run: "RL-GEM"}
+    ctx = figures._context(runs, figures.LOOKS["single"], labels=labels)
+    for fig in (figures._tasks_figure(ctx, "test_acc", "t", "y"),
+                figures._line_figure(ctx, lambda r: r.metric("tow"), "t", "y", (0, 1), None, None, "-")):
+        FigureCanvasAgg(fig).draw()
+        legends = fig.legends + [a.get_legend() for a in fig.axes if a.get_legend() is not None]
+        assert legends
+        for leg in legends:
+            box = leg.get_window_extent()
+            assert box.x0 >= -1 and box.x1 <= fig.bbox.width + 1, (box, fig.bbox)
