@@ -648,9 +648,9 @@ def _summary_figure(ctx: _Ctx):
     heading = ctx.title("Summary")
     if heading:
         ax.set_title(heading, fontsize=13)
-    fig.supxlabel("mean ± s.d. over seeds (sample s.d., ddof 1; none for one seed; summary.json). ACC, BWT: learning "
-                  "prefix (ops before the first unlearn); forget / retain: mean test accuracy of the forgotten / "
-                  "learned tasks after the last op.", fontsize=8.5, color="#555555")
+    fig.supxlabel("mean ± s.d. over seeds (sample s.d., ddof 1; none for one seed). ACC, BWT: learning prefix (ops "
+                  "before the first unlearn);\nforget / retain: mean test accuracy of the forgotten / learned tasks "
+                  "after the last op.", fontsize=8.5, color="#555555")
     return fig
 
 
