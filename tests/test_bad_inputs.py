@@ -97,6 +97,24 @@ def world(tmp_path_factory):
     meta["config"].update(model="resnet18", width=4)
     meta.update(model="resnet18", width=4)
     other_arch = save_checkpoint(st, tensors, meta)
+    # checkpoints whose manifests lie: an index beyond the dataset, a sample of another task
+    tensors, good_meta = load_checkpoint(st, ck1)
+    lying = {}
+    for name in ("beyond", "other_task"):
+        man = copy.deepcopy(st.get_json(good_meta["manifest"]))
+        idx = man["buffers"]["0"]["learn"]["indices"]
+        if name == "beyond":
+            idx[0] = 5000  # digits has 1,350 training samples
+        else:
+            from cluctl.data import load_dataset
+
+            y = load_dataset("digits").y_train
+            y = y.cpu().numpy() if hasattr(y, "cpu") else np.asarray(y)
+            task1 = set(good_meta["class_order"][2:4])
+            idx[0] = int(next(i for i in range(len(y)) if int(y[i]) in task1 and i not in idx))
+        m2 = copy.deepcopy(good_meta)
+        m2["manifest"] = st.put_json(man)
+        lying[name] = save_checkpoint(st, tensors, m2)
     st.set_ref("tags/one", ck1)
     # a checkpoint cut in half on disk (a crashed copy, a full disk)
     meta2 = copy.deepcopy(meta)
@@ -135,6 +153,7 @@ def world(tmp_path_factory):
     return {
         "root": root, "store": store, "marker": marker, "chattr": _chattr_works(root / "probe"),
         "vals": {
+            "lying_beyond": lying["beyond"], "lying_other_task": lying["other_task"],
             "ck0": ck0, "ck1": ck1, "ck1_6": ck1[:6], "ck_other": ck_other, "other_arch": other_arch, "truncated": truncated,
             "pickle": pickle_oid, "json": json_oid, "trunc_ds": str(trunc_ds), "scores": str(scores),
             "trunc_scores": str(trunc_scores), "short_scores": str(short_scores), "objarr": str(objarr),
@@ -161,6 +180,10 @@ CASES = [
      ["cannot change --dataset"], "main"),
     ("learn-from-other-arch", ["learn", "--task", "2", "--from", "{other_arch}"], ["does not fit model resnet18"], "main"),
     ("learn-from-a-file-path", ["learn", "--task", "1", "--from", "{scores}"], ["no ref or object named", "scores.npz"], "main"),
+    ("learn-from-manifest-beyond-dataset", ["learn", "--task", "2", "--from", "{lying_beyond}"],
+     ["manifest", "sample 5000", "1350"], "main"),
+    ("learn-from-manifest-other-task", ["learn", "--task", "2", "--from", "{lying_other_task}"],
+     ["manifest", "other tasks"], "main"),
     ("learn-from-truncated-checkpoint", ["learn", "--task", "2", "--from", "{truncated}"], ["{truncated}", "corrupt"], "main"),
     ("learn-split-1.5", ["learn", "--task", "0", *TINY_FLAGS, "--learn-buffer-split", "1.5"],
      ["--learn-buffer-split", "1.5"], "main"),

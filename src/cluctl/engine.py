@@ -26,7 +26,7 @@ from . import resolve as R
 from .buffers.selection import buffer_size, select_random, select_ranked
 from .data import Dataset, class_order, load_dataset, task_classes, task_indices
 from .devices import resolve_device  # noqa: F401  (re-exported: cluctl.engine.resolve_device)
-from .errors import CluctlError, Diverged, NotFound, UsageError
+from .errors import CluctlError, CorruptObject, Diverged, NotFound, UsageError
 from .grads import (
     TaskBatch,
     apply_update,
@@ -880,6 +880,25 @@ def save_state(store, state: State, op: str) -> str:
     return oid
 
 
+def _check_manifest(buffers: dict, ds, class_order: list, n_tasks: int, man_id: str) -> None:
+    """A manifest's indices must name training samples of their own task (the store checks
+    only their type and range): a lying manifest is one line, not an index error or a buffer
+    of another task's samples."""
+    n, k = len(ds.y_train), len(class_order) // max(n_tasks, 1)
+    y = np.asarray(ds.y_train.cpu() if hasattr(ds.y_train, "cpu") else ds.y_train)
+    for t, b in buffers.items():
+        if not 0 <= t < n_tasks:
+            raise CorruptObject(f"manifest {man_id[:12]} has a buffer for task {t}, beyond the run's {n_tasks} tasks")
+        cls = set(class_order[t * k:(t + 1) * k])
+        for part in ("learn", "unlearn"):
+            idx = np.asarray((b.get(part) or {}).get("indices") or [], dtype=np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise CorruptObject(f"manifest {man_id[:12]}: task {t}'s {part} buffer names sample {int(idx.max())}, "
+                                    f"but {ds.name} has {n} training samples")
+            if idx.size and not set(np.unique(y[idx]).tolist()) <= cls:
+                raise CorruptObject(f"manifest {man_id[:12]}: task {t}'s {part} buffer holds samples of other tasks")
+
+
 def load_state(store, ref: str, overrides: dict | None = None, device: str | None = None,
                data_root: str | None = None, download: bool = False, threads: int | None = None) -> State:
     """Rebuild a State from a checkpoint; ``overrides`` change learning/unlearning options
@@ -949,6 +968,7 @@ def load_state(store, ref: str, overrides: dict | None = None, device: str | Non
     if meta.get("manifest"):
         man = store.get_json(meta["manifest"])
         buffers = {int(t): b for t, b in man["buffers"].items()}
+        _check_manifest(buffers, ds, list(meta["class_order"]), int(meta["n_tasks"]), meta["manifest"])
     root = meta.get("root") or oid
 
     def initial():
