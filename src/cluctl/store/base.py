@@ -91,10 +91,6 @@ def read_regular(path: str | os.PathLike, limit: int | None = SMALL_FILE) -> byt
     return data
 
 
-def describe_os_error(e: OSError) -> str:
-    return e.strerror or str(e)
-
-
 @dataclass
 class Problem:
     """One thing ``verify`` found wrong. ``object`` is an object id or a ref name."""
