@@ -236,6 +236,14 @@ def test_evaluate_latex_and_markdown_tables(folder, capsys):
         evaluate_results(str(res), fmt="html")
     with pytest.raises(UsageError, match="mutually exclusive"):
         evaluate_results(str(res), fmt="latex", as_json=True)
+    # the flag of `cluctl evaluate`
+    from typer.testing import CliRunner
+
+    from cluctl.cli.main import app
+
+    r = CliRunner().invoke(app, ["evaluate", str(res), "--metrics", "--format", "markdown"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[1] == md[1]
 
 
 def test_results_csv_is_the_same_bytes_for_the_same_results(tmp_path):

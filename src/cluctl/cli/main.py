@@ -151,6 +151,8 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (a stable interface)."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV."),
     metrics: bool = typer.Option(False, "--metrics", help="For a results folder: ACC, BWT, CL-ToW, CLU_mix per operation."),
+    table_format: Optional[str] = typer.Option(None, "--format", help="With --metrics on a results folder: a latex "
+                                               "(booktabs) or markdown table of mean ± s.d. per operation."),
     reference: str = typer_option("reference", default="prefix"),
     impl: str = ImplOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -174,8 +176,11 @@ def evaluate(
         if reference == "retrain":
             kw = dict(store=open_store(store, must_exist=True), device=device, data_root=data_root,
                       download=download, impl=impl, threads=threads)
-        evaluate_results(ref, as_json=as_json, as_csv=as_csv, reference=reference, **kw)
+        evaluate_results(ref, as_json=as_json, as_csv=as_csv, reference=reference, fmt=table_format, **kw)
         return
+    if table_format is not None:
+        raise CluctlError(f"--format {table_format} needs a launch's results folder (with --metrics); '{ref}' is not one",
+                          "pass the folder launch wrote (results/<run>/), or use --json/--csv for a checkpoint")
     if metrics:
         raise CluctlError(f"--metrics needs a launch's results folder; '{ref}' is not one",
                           "pass the folder launch wrote (results/<run>/)")
