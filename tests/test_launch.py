@@ -30,6 +30,18 @@ def plan(tmp_path, **opts):
 # ---------------------------------------------------------------- run identity
 
 
+def test_run_names_are_stable_across_versions(tmp_path):
+    """A run's name is its identity: the same command must find the same run after an
+    upgrade (this one was named before --profile existed; the default profile is not
+    written into the config), and another profile is another run."""
+    kw = dict(sequence="L0-1 U1", epochs=1, memories=16, learn_buffer_type="random", unlearn_buffer_type="random")
+    p = plan(tmp_path, **kw)
+    assert p.run == "l0-1_u1-neggem-42eafef5" and "profile" not in p.config
+    assert plan(tmp_path, profile="spec", **kw).run == p.run
+    thesis = plan(tmp_path, profile="thesis", **kw)
+    assert thesis.run != p.run and thesis.config["profile"] == "thesis"
+
+
 def test_run_name_format_and_hash_excludes_execution_options(tmp_path, monkeypatch):
     base = plan(tmp_path, sequence="A4", algo="neggem")
     assert re.fullmatch(r"a4-neggem-[0-9a-f]{8}", base.run)
@@ -278,6 +290,31 @@ def _fake_op_results(store, run, seed, labels, n_tasks, mia=False):
                         "cv_acc": 0.49, "efficacy": None}] if mia else None,
                "execution": {"device": "cpu", "threads": 1, "impl": "fast", "precision": "fp32", "host": "h"}}
         store.set_ref(f"runs/{run}/seed-{seed}/op-{i:03d}", store.put_json(res))
+
+
+def test_a_results_folder_that_cannot_be_written_is_not_left_half_written(tmp_path, monkeypatch):
+    """A full disk (here: the figures fail to write) removes a results folder the launch
+    created, and says how to rebuild it; an existing folder is kept and the error says so."""
+    from cluctl.launch import core
+    from cluctl.launch.progress import Console
+
+    store = Store.open(tmp_path / "store")
+    p = plan(tmp_path, sequence="L0-2 U2", out=str(tmp_path / "res"), seed_list="0", plots=True)
+    core.register_run(store, p)
+    _fake_op_results(store, p.run, 0, ["L0", "L1", "L2", "U2"], 5)
+
+    def full_disk(out):
+        raise UsageError(f"cannot write {out}/plots/tasks_test.png (No space left on device)", "pick a writable --out")
+
+    monkeypatch.setattr(core, "make_plots", full_disk)
+    with pytest.raises(UsageError, match="was not left behind.*--aggregate-only --resume"):
+        core.aggregate(p, store, Console(stderr=True))
+    assert not (tmp_path / "res").exists()
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="may be partly rewritten"):
+        core.aggregate(p, store, Console(stderr=True))
+    assert (tmp_path / "res" / "notes.txt").read_text() == "mine"
 
 
 def test_results_layout_from_store(tmp_path):

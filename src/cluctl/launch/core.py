@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 
-from ..errors import NotFound, UsageError
+from ..errors import CluctlError, NotFound, UsageError
 from .options import Plan
 from .progress import Display
 from .results import collect, collect_failed, make_plots, write_results
@@ -100,6 +101,33 @@ def _needs_work(store, plan: Plan, seed: int) -> bool:
     return plan.mia and any(store.get_json(i).get("mia") is None for i in ids[:n])
 
 
+def _write(plan: Plan, store, run_obj: dict, complete, failed_seeds, refs, trained, mia: bool, console: Console):
+    """The results folder and its figures. A folder this call creates is removed again when
+    writing fails (a full disk, a read-only place): no half-written results are left; an
+    existing folder keeps what it had, and the error says so."""
+    import shutil
+    import time
+
+    if not plan.quiet:
+        console.print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} writing results of {len(complete)} seed(s) to "
+                      f"{plan.out}" + (" (and the figures)" if plan.plots else ""), markup=False, soft_wrap=True)
+    existed = os.path.lexists(plan.out)
+    try:
+        out = write_results(plan.out, run_obj, complete, mia=mia, failed=failed_seeds, references=refs,
+                            reference=plan.reference, retrain_ops=trained, store=store)
+        if plan.plots:
+            make_plots(out)
+    except (CluctlError, OSError) as e:
+        if not existed:
+            shutil.rmtree(plan.out, ignore_errors=True)
+        if isinstance(e, CluctlError):
+            e.what = f"{e.what} (the results folder {plan.out} " + ("may be partly rewritten; " if existed else
+                                                                    "was not left behind; ") + \
+                "the store holds every operation: `cluctl launch --aggregate-only --resume " + plan.run + "` rebuilds it)"
+        raise
+    return out
+
+
 def aggregate(plan: Plan, store, console: Console, complete_only_ok: bool = True) -> LaunchOutcome:
     """Rebuild the results folder from the store (``--aggregate-only``)."""
     from .options import _stored_run
@@ -122,15 +150,7 @@ def aggregate(plan: Plan, store, console: Console, complete_only_ok: bool = True
                       f"`cluctl launch --resume {plan.run} --mia`", markup=False, soft_wrap=True)
     mia = plan.mia or have_mia
     refs, trained = retrain_refs(plan, store, run_obj, complete, console)
-    if not plan.quiet:
-        import time
-
-        console.print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} writing results of {len(complete)} seed(s) to "
-                      f"{plan.out}" + (" (and the figures)" if plan.plots else ""), markup=False, soft_wrap=True)
-    out = write_results(plan.out, run_obj, complete, mia=mia, failed=failed_seeds, references=refs,
-                        reference=plan.reference, retrain_ops=trained, store=store)
-    if plan.plots:
-        make_plots(out)
+    out = _write(plan, store, run_obj, complete, failed_seeds, refs, trained, mia, console)
     return LaunchOutcome(plan.run, out, EXIT_FAILED if failed_seeds else EXIT_OK, complete=list(complete),
                          incomplete=incomplete, diverged={s: r["op"] for s, (_, r) in failed_seeds.items()})
 
@@ -180,10 +200,7 @@ def execute(plan: Plan, store=None, console: Console | None = None, live: bool |
     out = None
     if complete or failed_seeds:
         refs, trained = retrain_refs(plan, st, run_obj, complete, console)
-        out = write_results(plan.out, run_obj, complete, mia=plan.mia, failed=failed_seeds, references=refs,
-                            reference=plan.reference, retrain_ops=trained, store=st)
-        if plan.plots:
-            make_plots(out)
+        out = _write(plan, st, run_obj, complete, failed_seeds, refs, trained, plan.mia, console)
     code = EXIT_FAILED if failed or incomplete else EXIT_OK
     if incomplete and complete and not plan.quiet:
         console.print(f"warning: the results cover seeds {', '.join(map(str, complete))} only",

@@ -223,7 +223,12 @@ def scientific_config(values: dict[str, Any], data_root: str | None = None, down
     cfg = R.validate_unlearn(cfg, classes_per_task=classes // tasks)
     if cfg.get("mem_scores") is not None:
         cfg["mem_scores"] = str(cfg["mem_scores"])
-    return {k: cfg[k] for k in SCIENTIFIC_KEYS}
+    out = {k: cfg[k] for k in SCIENTIFIC_KEYS}
+    if out.get("profile") == C.OPTIONS["profile"].default:
+        # the default profile is not written into a run's config: runs launched before the
+        # option existed keep their names (hash) and resume as they were
+        out.pop("profile")
+    return out
 
 
 def canonical_sequence(spec: Any, n_tasks: int) -> str:
