@@ -116,6 +116,7 @@ def ref_args_for(ref_args, memories: int, algo: str, b: int, salun: float | None
     a.unlearn_batch_size = b
     a.salun = bool(salun)
     a.salun_threshold = salun if salun else 0.5
+    a.unlearn_memory_strength = a.unlearn_mem_strength  # single_run sets it (only printed)
     return a
 
 
@@ -338,8 +339,11 @@ def per_step(ref: Path, work: Path, steps: int, learn_tasks: int, memories: int,
 
 
 def a4(ref: Path, work: Path, algo: str, memories: int, b: int, epochs: int, unlearn_epochs: int,
-       scores: np.ndarray, seed: int = 0) -> list[str]:
+       scores: np.ndarray, seed: int = 0, width: int = 20) -> list[str]:
     ref_net, ref_args = import_reference(ref, work)
+    if width != 20:  # the reference builds ResNet18(n_outputs) with nf 20; a narrower one, the same code
+        util = sys.modules["negGem.util"]
+        ref_net.ResNet18 = lambda n, nf=width: util.ResNet(util.BasicBlock, [2, 2, 2, 2], n, nf)
     sys.argv = ["negGemGradA4.py", "--task_sequence", "A4", "--number_of_gpus", "1", "--algorithm", REF_ALGO[algo],
                 "--alpha", "0.5", "--learn_mem_strength", "0.5", "--learn_batch_size", "10",
                 "--unlearn_mem_strength", "0.5", "--unlearn_batch_size", str(b), "--average_over_n_runs", "1",
@@ -349,7 +353,7 @@ def a4(ref: Path, work: Path, algo: str, memories: int, b: int, epochs: int, unl
 
     # cluctl: the thesis profile through the engine
     t0 = time.time()
-    state = E.new_state(E.run_config(dataset="cifar100", model="resnet18", width=20, profile="thesis",
+    state = E.new_state(E.run_config(dataset="cifar100", model="resnet18", width=width, profile="thesis",
                                      memories=memories, seed=seed, epochs=epochs, algo=algo,
                                      unlearn_batch_size=b, max_epochs=unlearn_epochs),
                         device="cpu", data_root=str(work))
@@ -363,6 +367,7 @@ def a4(ref: Path, work: Path, algo: str, memories: int, b: int, epochs: int, unl
             s = E.unlearn_task(state, -op)
         cl_ops.append(s)
         cl_rows.append(E.evaluate_state(state)["test_acc"])
+        print(f"  cluctl {s['op']} steps {s['steps']} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     t_cl = time.time() - t0
 
     # the reference's run_cifar, with cluctl's initial weights, class order and per-op random seeds
@@ -371,7 +376,7 @@ def a4(ref: Path, work: Path, algo: str, memories: int, b: int, epochs: int, unl
     helper = torch.nn.Module()
     from cluctl.models import build_model
 
-    helper = build_model("resnet18", 20, (3, 32, 32), C)
+    helper = build_model("resnet18", width, (3, 32, 32), C)
     helper.load_state_dict(init)
 
     class SeededNet(ref_net.Net):
@@ -393,6 +398,7 @@ def a4(ref: Path, work: Path, algo: str, memories: int, b: int, epochs: int, unl
 
     def eval_and_advance(*a, **k):
         out = orig_eval(*a, **k)
+        print(f"  reference op {proxy.op} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
         proxy.op += 1
         proxy.rng = T.op_random(seed, proxy.op)
         return out
@@ -417,7 +423,7 @@ def a4(ref: Path, work: Path, algo: str, memories: int, b: int, epochs: int, unl
     ref_rows = np.array(res[9])
     cl = np.array(cl_rows)
     diff = np.abs(cl - ref_rows)
-    lines = [f"A4 {algo}: 20 tasks x {len(state.dataset.y_train) // N_TASKS} train samples, memories {memories}, "
+    lines = [f"A4 {algo}: 20 tasks x {len(state.dataset.y_train) // N_TASKS} train samples, ResNet nf {width}, memories {memories}, "
              f"epochs {epochs}, unlearn batch {b}, max unlearn epochs {unlearn_epochs}; cluctl {t_cl:.0f} s, "
              f"reference {t_ref:.0f} s",
              f"  test-accuracy matrices {cl.shape}: max |cluctl - reference| = {diff.max():.4f}, "
@@ -446,11 +452,13 @@ def main() -> None:
     ap.add_argument("--skip-a4", action="store_true")
     ap.add_argument("--a4-algo", default="neggem", choices=list(REF_ALGO))
     ap.add_argument("--a4-samples", type=int, default=50, help="training samples per task (5 classes)")
-    ap.add_argument("--a4-memories", type=int, default=40)
+    ap.add_argument("--a4-memories", type=int, default=20)
     ap.add_argument("--a4-epochs", type=int, default=1)
+    ap.add_argument("--a4-width", type=int, default=4, help="ResNet nf of the A4 run (the thesis: 20)")
+    ap.add_argument("--a4-unlearn-batch", type=int, default=4)
     ap.add_argument("--a4-top", type=int, default=255, help="largest pixel value of the A4 data (raw pixels "
                     "make the dynamics chaotic; a small range keeps them tame)")
-    ap.add_argument("--a4-unlearn-epochs", type=int, default=4)
+    ap.add_argument("--a4-unlearn-epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -473,7 +481,8 @@ def main() -> None:
             E._RAW.clear()
             for mod in [m for m in sys.modules if m == "negGem" or m.startswith("negGem.") or m == "negGemGradA4"]:
                 del sys.modules[mod]
-            out += a4(ref, work2, a.a4_algo, a.a4_memories, a.unlearn_batch, a.a4_epochs, a.a4_unlearn_epochs, scores)
+            out += a4(ref, work2, a.a4_algo, a.a4_memories, a.a4_unlearn_batch, a.a4_epochs, a.a4_unlearn_epochs, scores,
+                      width=a.a4_width)
     print("\n".join(["", "summary:"] + out))
 
 

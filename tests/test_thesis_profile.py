@@ -310,3 +310,11 @@ def test_thesis_unlearning_through_the_engine():
     assert s["steps"] <= 2 * -(-65 // 10)  # stop-loop over range(0, memories, b)
     with pytest.raises(UsageError, match="bf16"):
         E.learn_task(st, 1, precision="bf16")
+
+
+def test_unlearn_margin_is_always_half():
+    st = E.new_state(E.run_config(**TINY, profile="thesis"), device="cpu")
+    E.learn_task(st, 0)
+    E.learn_task(st, 1)
+    E.unlearn_task(st, 1, {"max_epochs": 1, "unlearn_mem_strength": 3.0, "unlearning_rate": 1e-5})
+    assert st.op_config["unlearn_mem_strength"] == 0.5  # unlearn-margin-ignored

@@ -697,6 +697,7 @@ def _thesis_unlearn_task(state: State, task: int, cfg: dict, given: dict, now: d
     for k, v in T.unlearn_rule_defaults(algo).items():
         if given.get(k) is None:
             cfg[k] = v
+    cfg["unlearn_mem_strength"] = T.UNLEARN_MARGIN  # unlearn-margin-ignored
     t0 = time.perf_counter()
     retained = [j for j in state.learned if j != task]
     steps = 0

@@ -65,6 +65,7 @@ QUIRKS: dict[str, str] = {
     "stop-train-mode": "stop rule on the unlearn buffer only, in train mode",
     "stop-loop": "unlearning loop: epochs x range(0, memories, b), check before each step",
     "unlearn-rates": "unlearning rates 0.01; 0.003 for negagem and rl-agem",
+    "unlearn-margin-ignored": "the unlearning margin is always 0.5 (the flag set an attribute nothing read)",
     "qp-order": "QP rows in ascending task order, conflict test in observed order",
     "only-task-reset": "unlearning the only learned task resets the model (the reference crashed)",
     "logit-slots": "outputs indexed by position in the class order (cluctl: by class id)",
@@ -82,6 +83,9 @@ FORGET_SCALE: dict[str, float] = {"neggem": 5.0, "rl-gem": 5.0, "rl-agem": 5.0}
 #: runs of these algorithms learn with A-GEM at lr 0.03 with 65 memories (agem-runs)
 AGEM_RUNS = ("negagem", "rl-agem")
 AGEM_RUN_LEARN: dict[str, Any] = {"learn_algo": "agem", "lr": 0.03, "memories": 65}
+#: unlearn-margin-ignored: single_run stored --unlearn_mem_strength in
+#: ``args.unlearn_memory_strength``; Net read ``args.unlearn_mem_strength``, always Args' 0.5
+UNLEARN_MARGIN = 0.5
 GEM_EPS = 1e-3
 EVAL_CHUNK = 1000  # the reference's test_bs
 
