@@ -25,6 +25,32 @@ def _cli(*args, env=None, store=None, timeout=300):
                           timeout=timeout)
 
 
+class _Done:
+    def __init__(self, code, out, err):
+        self.returncode, self.stdout, self.stderr = code, out, err
+
+
+@pytest.fixture
+def cli(capfd, monkeypatch):
+    """``cluctl ARGS`` in this process (saves a Python + torch start per call); ``store=``
+    sets $CLUCTL_STORE. Returns an object with returncode, stdout, stderr."""
+    from cluctl.cli.main import main
+
+    monkeypatch.setenv("CLUCTL_DEBUG", "0")
+    monkeypatch.delenv("CLUCTL_FAULT", raising=False)
+
+    def run(*args, store=None):
+        if store is not None:
+            monkeypatch.setenv("CLUCTL_STORE", str(store))
+        capfd.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in args])
+        out, err = capfd.readouterr()
+        return _Done(e.value.code, out, err)
+
+    return run
+
+
 def _complete(words: str, cword: int, **env):
     return _cli(env={"_CLUCTL_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword), **env})
 
@@ -45,11 +71,11 @@ def test_completion_lists_choices_and_registry_names():
     assert script.returncode == 0 and "_CLUCTL_COMPLETE" in script.stdout
 
 
-def test_learn_and_unlearn_json_then_ref_completion_and_quiet_logging(tmp_path):
+def test_learn_and_unlearn_json_then_ref_completion_and_quiet_logging(tmp_path, cli):
     store = tmp_path / "store"
     # default (ranked) buffers: the confidence proxy is computed once, announced on stderr
     # through logging, each line with its time when stderr is not a terminal
-    p = _cli("learn", "--task", "0", *TINY_FLAGS[:-4], "--json", store=store)
+    p = cli("learn", "--task", "0", *TINY_FLAGS[:-4], "--json", store=store)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert set(out) == {"id", "summary"} and re.fullmatch(r"[0-9a-f]{64}", out["id"])
@@ -58,9 +84,9 @@ def test_learn_and_unlearn_json_then_ref_completion_and_quiet_logging(tmp_path):
     assert notes and all(STAMP.match(ln) for ln in notes), p.stderr
     assert "training images" in notes[0]
     # -q: warnings only (no notice, no summary), for a new proxy (another seed) too
-    q = _cli("learn", "--task", "0", *TINY_FLAGS[:-4], "--seed", "1", "-q", store=store)
+    q = cli("learn", "--task", "0", *TINY_FLAGS[:-4], "--seed", "1", "-q", store=store)
     assert q.returncode == 0 and q.stderr == "", q.stderr
-    u = _cli("unlearn", "--task", "0", "--from", out["id"], "--json", "-q", store=store)
+    u = cli("unlearn", "--task", "0", "--from", out["id"], "--json", "-q", store=store)
     assert u.returncode == 0, u.stderr
     uj = json.loads(u.stdout)
     assert uj["summary"]["stopped"] == "reset" and uj["id"] != out["id"]
@@ -72,8 +98,8 @@ def test_learn_and_unlearn_json_then_ref_completion_and_quiet_logging(tmp_path):
 
 
 @pytest.mark.slow
-def test_launch_json_prints_the_outcome_and_summary(tmp_path):
-    p = _cli("launch", *TINY_FLAGS, "--sequence", "L0-1 U1", "--devices", "cpu", "--threads", "1", "--no-plots",
+def test_launch_json_prints_the_outcome_and_summary(tmp_path, cli):
+    p = cli("launch", *TINY_FLAGS, "--sequence", "L0-1 U1", "--devices", "cpu", "--threads", "1", "--no-plots",
              "--json", "-q", "--out", tmp_path / "res", store=tmp_path / "store")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
@@ -81,38 +107,38 @@ def test_launch_json_prints_the_outcome_and_summary(tmp_path):
     assert out["summary"]["ops"] == ["L0", "L1", "U1"] and out["summary"]["run"] == out["run"]
     store = tmp_path / "store"
     # cluctl runs: the run, its seeds done, each seed's last operation
-    r = _cli("runs", "--json", store=store)
+    r = cli("runs", "--json", store=store)
     assert r.returncode == 0, r.stderr
     (row,) = json.loads(r.stdout)
     assert row["run"] == out["run"] and row["seeds_done"] == 1 and row["seeds_total"] == 1
     assert row["seeds"] == [{"seed": 0, "done": 3, "n_ops": 3, "last_op": "U1", "status": "done"}]
     # an operation's ref (its result record) names its checkpoint for evaluate and --from
     op1 = f"runs/{out['run']}/seed-0/op-001"
-    e = _cli("evaluate", op1, "--json", store=store)
+    e = cli("evaluate", op1, "--json", store=store)
     assert e.returncode == 0, e.stderr
     assert json.loads(e.stdout)["op"] == "L1"
-    u = _cli("unlearn", "--task", "0", "--from", op1, "--json", "-q", store=store)
+    u = cli("unlearn", "--task", "0", "--from", op1, "--json", "-q", store=store)
     assert u.returncode == 0, u.stderr
     assert json.loads(u.stdout)["summary"]["op"] == "U0"
     # the store commands print JSON too
-    lg = _cli("store", "log", f"runs/{out['run']}/seed-0/op-002", "--json", store=store)
+    lg = cli("store", "log", f"runs/{out['run']}/seed-0/op-002", "--json", store=store)
     assert lg.returncode == 0, lg.stderr
     assert [r["op"] for r in json.loads(lg.stdout)] == ["U1", "L1", "L0", "init"]
-    v = _cli("store", "verify", "--json", store=store)
+    v = cli("store", "verify", "--json", store=store)
     assert v.returncode == 0 and json.loads(v.stdout)["consistent"] is True and json.loads(v.stdout)["problems"] == []
-    g = _cli("store", "gc", "--dry-run", "--json", store=store)
+    g = cli("store", "gc", "--dry-run", "--json", store=store)
     assert g.returncode == 0 and set(json.loads(g.stdout)) == {"dry_run", "removed", "bytes_freed", "spared_recent"}
-    pd = _cli("store", "purge", "--task", "1", "--run", out["run"], "--dry-run", "--json", store=store)
+    pd = cli("store", "purge", "--task", "1", "--run", out["run"], "--dry-run", "--json", store=store)
     assert pd.returncode == 0, pd.stderr
     plan = json.loads(pd.stdout)
     assert plan["dry_run"] is True and plan["checkpoints"] and plan["manifests"]
     # before the purge, task 1's data is still there: verify --task (= --erased) says so, exit 1
-    ve = _cli("store", "verify", "--task", "1", "--run", out["run"], "--json", store=store)
+    ve = cli("store", "verify", "--task", "1", "--run", out["run"], "--json", store=store)
     assert ve.returncode == 1 and json.loads(ve.stdout)["consistent"] is False
 
 
-def test_memorize_json(tmp_path):
-    p = _cli("memorize", "estimate", "--method", "confidence", "--width", "16", "--epochs", "1", "--threads", "1",
+def test_memorize_json(tmp_path, cli):
+    p = cli("memorize", "estimate", "--method", "confidence", "--width", "16", "--epochs", "1", "--threads", "1",
              "--json", "-q", store=tmp_path / "store")
     assert p.returncode == 0 and p.stderr == "", p.stderr
     out = json.loads(p.stdout)
