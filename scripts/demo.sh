@@ -4,7 +4,7 @@
 # checkpoint. Then the per-task accuracies of the final model.
 set -e
 MODEL=${DEMO_MODEL:-mlp}
-id=$(cluctl learn --task 0 --dataset digits --model "$MODEL" --seed 0 --algo gem)
+id=$(cluctl learn --task 0 --dataset digits --model "$MODEL" --seed 0 --learn-algo gem)
 for t in 1 2 3 4; do
   id=$(cluctl learn --task "$t" --from "$id")
 done
