@@ -221,13 +221,25 @@ def tensor_shuffle(labels: torch.Tensor, rng: random.Random) -> torch.Tensor:
 # ---------------------------------------------------------------- math
 
 
+def _columns(rows: list[torch.Tensor]) -> torch.Tensor:
+    """The gradients as the columns of a p x t matrix (the reference's ``grads`` layout)."""
+    return torch.stack([r.detach() for r in rows], 1)
+
+
+def conflicts(g: torch.Tensor, rows: list[torch.Tensor]) -> bool:
+    """Any <g, g_j> < 0, computed as one 1 x t product as the reference does."""
+    return bool((torch.mm(g.unsqueeze(0), _columns(rows)) < 0).any()) if rows else False
+
+
 def gem_project(g: torch.Tensor, rows: list[torch.Tensor], margin: float, eps: float = GEM_EPS) -> torch.Tensor:
     """gem-qp: the GEM dual QP as the reference solves it: float64 on the host,
     P = M M^T symmetrised + eps I, q = -M g, v >= margin, x = M^T v + g; float32 result."""
     import quadprog
 
-    M = torch.stack([r.detach().cpu() for r in rows]).double().numpy()
-    gn = g.detach().cpu().double().numpy()
+    # the reference's layout (a p x t matrix read transposed), so that numpy's products
+    # round as they did there
+    M = _columns(rows).cpu().t().double().numpy()
+    gn = g.detach().cpu().contiguous().double().numpy()
     t = M.shape[0]
     P = M @ M.T
     P = 0.5 * (P + P.T) + np.eye(t) * eps
@@ -239,7 +251,7 @@ def gem_project(g: torch.Tensor, rows: list[torch.Tensor], margin: float, eps: f
 
 def agem_project(g: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
     """agem-sum: r = sum of the retained gradients (float64), x = g + |<g,r>/<r,r>| r."""
-    r = torch.stack([x.detach() for x in rows]).double().sum(0)
+    r = _columns(rows).t().double().sum(0)
     gd = g.detach().double()
     c = torch.dot(gd, r) / torch.dot(r, r)
     return (gd + r * abs(c.item())).to(torch.float32)
@@ -247,7 +259,7 @@ def agem_project(g: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
 
 def neggrad_combine(g: torch.Tensor, rows: list[torch.Tensor], alpha: float) -> torch.Tensor:
     """neggrad-formula: x = alpha * mean_j g_j + (1 - alpha) * g_f, in float64."""
-    r = torch.stack([x.detach() for x in rows]).double().mean(0)
+    r = _columns(rows).t().double().mean(0)
     return (r * alpha + g.detach().double() * (1 - alpha)).to(torch.float32)
 
 
@@ -323,7 +335,7 @@ def learn_step(ctx: Ctx, x: torch.Tensor, y: torch.Tensor, task: int, algo: str,
     upd = g
     others = ctx.observed[:-1]
     if algo != "naive" and others:
-        if any(float(torch.dot(g, refs[j])) < 0 for j in others):
+        if conflicts(g, [refs[j] for j in others]):
             rows = [refs[j] for j in others]
             upd = gem_project(g, rows, margin) if algo == "gem" else agem_project(g, rows)
             ctx.projections += 1
@@ -375,7 +387,7 @@ def _rl_loss(ctx: Ctx, task: int, x1: int, x2: int, scale: float, data_task: int
 
 
 def _conflict(g: torch.Tensor, refs: dict[int, torch.Tensor], retained: list[int]) -> bool:
-    return any(float(torch.dot(g, refs[j])) < 0 for j in retained)
+    return conflicts(g, [refs[j] for j in retained])
 
 
 def unlearn_step(ctx: Ctx, algo: str, task: int, x1: int, x2: int, cfg: dict, mask: torch.Tensor | None):
