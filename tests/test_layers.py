@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cluctl"
 LAYERS = {
     "errors": 0, "atomic": 0,
     "cluctl": 1, "config": 1, "devices": 1, "faults": 1, "masking": 1,
-    "grads": 2, "projection": 2, "metrics": 2, "sequences": 2,
+    "grads": 2, "projection": 2, "metrics": 2, "sequences": 2, "thesis": 2,
     "refs": 3, "models": 3, "data": 3, "store": 3,
     "learning": 4, "unlearning": 4,
     "resolve": 5, "buffers": 5, "plots": 5,
