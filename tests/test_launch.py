@@ -40,6 +40,11 @@ def test_run_names_are_stable_across_versions(tmp_path):
     assert plan(tmp_path, profile="spec", **kw).run == p.run
     thesis = plan(tmp_path, profile="thesis", **kw)
     assert thesis.run != p.run and thesis.config["profile"] == "thesis"
+    # what the thesis's code had no counterpart for is refused before any work
+    with pytest.raises(UsageError, match="--profile thesis has no 'ga'"):
+        plan(tmp_path, profile="thesis", algo="ga", **kw)
+    with pytest.raises(UsageError, match="bf16"):
+        plan(tmp_path, profile="thesis", precision="bf16", **kw)
 
 
 def test_run_name_format_and_hash_excludes_execution_options(tmp_path, monkeypatch):

@@ -441,6 +441,14 @@ def make_plan(values: dict[str, Any], store=None) -> Plan:
     devices = parse_devices(v.get("devices"), v.get("gpus")) if not aggregate_only else ["cpu"]
     per_device = _int(_DEFAULTS["per_device"] if v.get("per_device") is None else v["per_device"], "per_device", 1)
     execution = C.validate_execution({"impl": v.get("impl"), "precision": v.get("precision"), "threads": v.get("threads")})
+    if config.get("profile") == "thesis" and not aggregate_only:
+        # what the reference code had no counterpart for fails here, before any work
+        from ..thesis import check_supported
+
+        check_supported(config, config.get("algo"))
+        if execution["precision"] == "bf16":
+            raise UsageError("--profile thesis computes in float32 as the reference code did; --precision bf16 "
+                             "has no counterpart", "use --precision fp32 with --profile thesis")
     if execution["precision"] == "bf16" and not aggregate_only and any(not d.startswith("cuda") for d in devices):
         from ..grads import cpu_bf16_native
 
