@@ -308,6 +308,19 @@ class _DivergenceGuard:
 ScoresFn = Callable[["State"], tuple[np.ndarray, str | None]]
 
 
+def _record_learned(state: State, task: int, scores_id, cfg: dict) -> None:
+    """After a learning operation (either profile): the task is learned, no longer
+    forgotten, in the history; the options it used are the operation's config."""
+    if scores_id:
+        state.scores_id = scores_id
+    if task in state.forgotten:
+        state.forgotten.remove(task)
+    if task not in state.learned:
+        state.learned.append(task)
+    state.history.append(f"L{task}")
+    state.op_config = dict(cfg)
+
+
 @_with_precision
 def learn_task(state: State, task: int, progress: ProgressFn | None = None,
                scores_fn: ScoresFn | None = None, impl: str = "fast") -> dict:
@@ -405,14 +418,7 @@ def learn_task(state: State, task: int, progress: ProgressFn | None = None,
                     "scores": scores_id if ut in ("most", "least") else None,
                     "indices": [int(i) for i in unlearn_idx]},
     }
-    if scores_id:
-        state.scores_id = scores_id
-    if task in state.forgotten:
-        state.forgotten.remove(task)
-    if task not in state.learned:
-        state.learned.append(task)
-    state.history.append(f"L{task}")
-    state.op_config = dict(cfg)
+    _record_learned(state, task, scores_id, cfg)
     summary = {"op": f"L{task}", "algo": cfg["learn_algo"], "steps": steps, "projections": projections,
                "qp_fallbacks": fallbacks, "samples": n, "buffer_size": m,
                "wall_s": round(time.perf_counter() - t0, 4)}
@@ -670,14 +676,7 @@ def _thesis_learn_task(state: State, task: int, progress: ProgressFn | None, sco
                     "scores": scores_id if ut in ("most", "least") else None,
                     "indices": [idx_l[p] for p in unlearn_pos]},
     }
-    if scores_id:
-        state.scores_id = scores_id
-    if task in state.forgotten:
-        state.forgotten.remove(task)
-    if task not in state.learned:
-        state.learned.append(task)
-    state.history.append(f"L{task}")
-    state.op_config = dict(cfg)
+    _record_learned(state, task, scores_id, cfg)
     summary = {"op": f"L{task}", "algo": algo, "profile": "thesis", "steps": steps, "projections": ctx.projections,
                "qp_fallbacks": 0, "samples": n, "buffer_size": m, "wall_s": round(time.perf_counter() - t0, 4)}
     state.last_op = summary
