@@ -308,6 +308,13 @@ class _DivergenceGuard:
 ScoresFn = Callable[["State"], tuple[np.ndarray, str | None]]
 
 
+def _reset_to_initial(state: State) -> None:
+    """Unlearning the only learned task retrains on nothing: the run's initial weights."""
+    if state.initial_weights is None:
+        raise NotFound("the run's initial weights are not available to reset to")
+    state.model.load_state_dict(state.initial_weights())
+
+
 def _record_learned(state: State, task: int, scores_id, cfg: dict) -> None:
     """After a learning operation (either profile): the task is learned, no longer
     forgotten, in the history; the options it used are the operation's config."""
@@ -470,9 +477,7 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
     stopped = "reset"
     if not retained:
         # Unlearning the only learned task: retrain on nothing = the initial weights.
-        if state.initial_weights is None:
-            raise NotFound("the run's initial weights are not available to reset to")
-        state.model.load_state_dict(state.initial_weights())
+        _reset_to_initial(state)
     else:
         model = state.model
         params = param_list(model)
@@ -704,9 +709,7 @@ def _thesis_unlearn_task(state: State, task: int, cfg: dict, given: dict, now: d
     stopped = "reset"
     projections = 0
     if not retained:  # only-task-reset
-        if state.initial_weights is None:
-            raise NotFound("the run's initial weights are not available to reset to")
-        state.model.load_state_dict(state.initial_weights())
+        _reset_to_initial(state)
     else:
         model = state.model
         params = param_list(model)
