@@ -224,3 +224,32 @@ def test_dangling_ref_is_recognisable_for_resume(store):
 
     run_cli(["store", "rm-ref", "runs/r/seed-0/op-001"], store=store.root, check=0)
     assert store.get_ref("runs/r/seed-0/op-001") is None and store.get_ref("runs/r/seed-0/op-000") == a
+
+
+def test_sibling_refs_written_and_deleted_concurrently(store, monkeypatch):
+    """Two writers tag and untag sibling refs under tags/ in a loop. delete_ref prunes
+    tags/ when its last ref goes, so the other writer's folder can vanish between any two
+    of its checks: neither writer may see that as a conflict ("conflicts with the existing
+    ref tags", "File exists"). This race failed CI once (stop 14)."""
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+    oid = store.put_json({"type": "run", "note": "siblings"})
+    errors: list[BaseException] = []
+
+    def loop(prefix: str) -> None:
+        for i in range(1200):
+            name = f"tags/{prefix}{i % 3}"
+            try:
+                store.set_ref(name, oid)
+                assert store.get_ref(name) == oid
+                store.delete_ref(name)
+            except BaseException as e:  # noqa: BLE001 - every failure is the finding
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=loop, args=(p,)) for p in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert store.list_refs() == {}

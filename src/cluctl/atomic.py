@@ -29,6 +29,25 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[n:]
 
 
+def ensure_dir(path: str | os.PathLike, attempts: int = 20) -> None:
+    """``os.makedirs(path, exist_ok=True)`` that survives a concurrent pruning of empty
+    folders (the store's ``delete_ref`` removes ``refs/tags/`` when its last ref goes):
+    makedirs raises FileExistsError when a folder it is creating vanishes between its
+    ``mkdir`` and its check; that is retried. A file where a folder should be still raises."""
+    for attempt in range(attempts):
+        try:
+            os.makedirs(path, exist_ok=True)
+            return
+        except FileExistsError:
+            if attempt == attempts - 1:
+                raise
+            # a file (not a folder) in the way: a real conflict, not a race
+            p = Path(path)
+            for q in (p, *p.parents):
+                if os.path.lexists(q) and not os.path.isdir(q):
+                    raise
+
+
 def write_atomic(final: str | os.PathLike, data: bytes | bytearray | memoryview, *, tmp: Path | None = None,
                  mode: int = 0o666, midway: Callable[[], None] | None = None,
                  on_missing_tmp_dir: Callable[[], None] | None = None, replace_retries: int = 5) -> None:
@@ -52,7 +71,7 @@ def write_atomic(final: str | os.PathLike, data: bytes | bytearray | memoryview,
         except FileNotFoundError:
             if on_missing_tmp_dir is not None:
                 on_missing_tmp_dir()
-            os.makedirs(tmp.parent, exist_ok=True)
+            ensure_dir(tmp.parent)
             fd = os.open(tmp, flags, mode)
         half = len(view) // 2
         _write_all(fd, view[:half])
@@ -63,7 +82,7 @@ def write_atomic(final: str | os.PathLike, data: bytes | bytearray | memoryview,
         os.close(fd)
         fd = None
         for attempt in range(max(1, replace_retries)):
-            os.makedirs(final.parent, exist_ok=True)
+            ensure_dir(final.parent)
             try:
                 os.replace(tmp, final)
                 break
@@ -107,4 +126,4 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-__all__ = ["write_atomic", "write_bytes", "write_text", "temp_name", "fsync_dir"]
+__all__ = ["ensure_dir", "write_atomic", "write_bytes", "write_text", "temp_name", "fsync_dir"]

@@ -179,6 +179,22 @@ def no_new_store_on_error(fn):
     return wrapper
 
 
+
+def _path_kind(p: Path, follow: bool = True) -> str | None:
+    """What is at ``p``: "dir", "file", "other", or None when nothing is. One stat call
+    (``follow``: through symlinks, a dangling one being "other"), so that a path removed
+    between two checks cannot look like something it is not."""
+    try:
+        st = os.stat(p) if follow else os.lstat(p)
+    except (FileNotFoundError, NotADirectoryError):
+        return "other" if follow and os.path.islink(p) else None
+    if _stat.S_ISDIR(st.st_mode):
+        return "dir"
+    if _stat.S_ISREG(st.st_mode):
+        return "file"
+    return "other"
+
+
 class Store:
     """A store rooted at a directory. ``Store(path)`` and ``Store.open(path)`` create it if
     missing (parents too) and check the layout version of an existing one. A store created
@@ -549,19 +565,26 @@ class Store:
         self.check_ref_name(name)
         refs = self.root / "refs"
         parts = name.split("/")
+        # one stat per path: a folder that another process prunes meanwhile (delete_ref
+        # removes refs/tags/ with its last ref) is no conflict, it is simply gone
         for i in range(1, len(parts)):
-            p = refs.joinpath(*parts[:i])
-            if os.path.lexists(p) and not p.is_dir():
+            kind = _path_kind(refs.joinpath(*parts[:i]))
+            if kind is not None and kind != "dir":
                 raise UsageError(f"ref {name} conflicts with the existing ref {'/'.join(parts[:i])}", "pick another name or delete that ref")
         path = refs / name
-        if path.is_dir() and not path.is_symlink():
+        kind = _path_kind(path, follow=False)
+        if kind == "dir":
             try:
                 has_any = any(True for _ in os.scandir(path))
+            except FileNotFoundError:
+                has_any = False
             except OSError:
                 has_any = True
             if has_any:
                 raise UsageError(f"ref {name} conflicts with existing refs under {name}/", "pick another name")
-        elif os.path.lexists(path) and not path.is_file():
+        elif kind == "other" and _path_kind(path) == "file":
+            pass  # a symlink to a regular file: set_ref replaces the link itself
+        elif kind is not None and kind != "file":
             raise UsageError(f"ref {name} exists but is not a regular file", f"delete refs/{name} by hand")
         return name
 
