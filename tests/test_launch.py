@@ -320,6 +320,18 @@ def test_a_results_folder_that_cannot_be_written_is_not_left_half_written(tmp_pa
     with pytest.raises(UsageError, match="may be partly rewritten"):
         core.aggregate(p, store, Console(stderr=True))
     assert (tmp_path / "res" / "notes.txt").read_text() == "mine"
+    # the experiment loggers' folder inside a new results folder is no results: the
+    # folder counts as new, its results go, the logs stay
+    import shutil
+
+    shutil.rmtree(tmp_path / "res")
+    p.log, p.log_dir = ["csv"], str(tmp_path / "res" / "logs")
+    (tmp_path / "res" / "logs" / "csv").mkdir(parents=True)
+    (tmp_path / "res" / "logs" / "csv" / "steps.csv").write_text("run,seed\n")
+    with pytest.raises(UsageError, match="was not left behind"):
+        core.aggregate(p, store, Console(stderr=True))
+    assert sorted(x.name for x in (tmp_path / "res").iterdir()) == ["logs"]
+    assert (tmp_path / "res" / "logs" / "csv" / "steps.csv").read_text() == "run,seed\n"
 
 
 def test_results_layout_from_store(tmp_path):

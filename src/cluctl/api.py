@@ -104,21 +104,24 @@ def _checkpoint_ref(store, oid: str) -> None:
 
 def run_operation(state: State, kind: str, task: int, *, store=None, ucfg: dict | None = None,
                   scores_fn=None, progress=None, impl: str = "fast", precision: str = "fp32", step_hook=None,
-                  label: str | None = None, checkpoint_ref: bool = False) -> OpResult:
+                  label: str | None = None, checkpoint_ref: bool = False, on_step=None) -> OpResult:
     """The one driver of an operation on a State, used by :func:`learn`, :func:`unlearn`,
     launch's seed workers and the benchmarks: learn (``kind="L"``) or unlearn (``"U"``,
     with the unlearning options given now, ``ucfg``) ``task``; then, with a ``store``,
     save the checkpoint (``label``, default ``L<task>``/``U<task>``; ``.id``, and ``.save_s``
     the seconds that took) and, with ``checkpoint_ref``, point ``checkpoints/<id16>`` at it.
+    ``on_step(record)`` gets one dict per training step (op, step, total, loss, forget_acc,
+    projected, projections: :class:`cluctl.engine._Steps`), e.g. for an experiment logger.
     Without a store the state is changed in place and ``.id`` is empty. A divergence
     raises :class:`cluctl.errors.Diverged` with the state restored and nothing saved."""
     import time
 
     if kind == "L":
-        summary = learn_task(state, task, progress=progress, scores_fn=scores_fn, impl=impl, precision=precision)
+        summary = learn_task(state, task, progress=progress, scores_fn=scores_fn, impl=impl, precision=precision,
+                             on_step=on_step)
     elif kind == "U":
         summary = unlearn_task(state, task, dict(ucfg or {}), progress=progress, impl=impl, step_hook=step_hook,
-                               precision=precision)
+                               precision=precision, on_step=on_step)
     else:
         raise UsageError(f"unknown operation kind {kind!r}", "use L (learn) or U (unlearn)")
     if store is None:
@@ -156,7 +159,8 @@ def _execution(execution, impl, precision, threads) -> tuple[str, str, int | Non
 def learn(task: int, from_ref: str | None = None, store=None, device: str | None = None,
           data_root: str | None = None, download: bool = False, impl: str | None = None,
           threads: int | None = None, progress=None, precision: str | None = None,
-          config: C.LearnConfig | None = None, execution: C.Execution | None = None, **options: Any) -> OpResult:
+          config: C.LearnConfig | None = None, execution: C.Execution | None = None, on_step=None,
+          **options: Any) -> OpResult:
     """Learn ``task``; returns the new checkpoint (``.id``) and a summary.
 
     Options: a typed ``config`` (:class:`cluctl.config.LearnConfig`) and/or keyword
@@ -191,14 +195,14 @@ def learn(task: int, from_ref: str | None = None, store=None, device: str | None
         root = save_state(st, state, "init")
         _checkpoint_ref(st, root)
     return run_operation(state, "L", task, store=st, scores_fn=scores_provider(st, state.config), progress=progress,
-                         impl=impl, precision=precision, checkpoint_ref=True)
+                         impl=impl, precision=precision, checkpoint_ref=True, on_step=on_step)
 
 
 @no_new_store_on_error
 def unlearn(task: int, from_ref: str, store=None, device: str | None = None, data_root: str | None = None,
             download: bool = False, impl: str | None = None, threads: int | None = None, progress=None,
             step_hook=None, precision: str | None = None, config: C.UnlearnConfig | None = None,
-            execution: C.Execution | None = None, **options: Any) -> OpResult:
+            execution: C.Execution | None = None, on_step=None, **options: Any) -> OpResult:
     """Unlearn ``task`` from checkpoint ``from_ref``; returns the new checkpoint and a
     summary. Options: a typed ``config`` (:class:`cluctl.config.UnlearnConfig`) and/or
     keyword arguments named as the CLI's flags, checked once here; the rule defaults
@@ -214,7 +218,7 @@ def unlearn(task: int, from_ref: str, store=None, device: str | None = None, dat
     state = load_state(st, checkpoint_id(st, from_ref), device=device, data_root=data_root, download=download,
                        threads=threads)
     return run_operation(state, "U", task, store=st, ucfg=opts, progress=progress, impl=impl, step_hook=step_hook,
-                         precision=precision, checkpoint_ref=True)
+                         precision=precision, checkpoint_ref=True, on_step=on_step)
 
 
 @no_new_store_on_error

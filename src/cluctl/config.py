@@ -203,6 +203,11 @@ TABLE: tuple[Option, ...] = (
     Option("reference", str, "CL-ToW reference: prefix (the earlier forgotten-nothing row) or retrain (models "
            "retrained on the retained tasks, trained once in the store; reports how many operations that took).",
            (X,), "output", P_OUT, default="prefix", choices=REFERENCES),
+    Option("log", str, "Experiment loggers, comma-separated: csv, tensorboard, wandb (per-step forget loss, "
+           "forget-buffer accuracy and projections, per-operation metrics, the run's options; wandb offline "
+           "unless WANDB_MODE is set). tensorboard and wandb are extras: pip install 'cluctl[tensorboard]'.",
+           (X,), "output", P_OUT, many=True),
+    Option("log_dir", str, "Folder of the experiment loggers' files.", (X,), "output", P_OUT, rule="<out>/logs"),
     Option("quiet", bool, "No progress bar or summary on stderr.", (L, U, X), "output", P_OUT, default=False,
            short="-q"),
     # --- thesis toggles (launch)

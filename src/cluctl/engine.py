@@ -303,6 +303,46 @@ class _DivergenceGuard:
                        f"nothing was written and the task keeps its status", hint, summary=summary)
 
 
+StepFn = Callable[[dict], None]  # one record per training step (experiment loggers)
+
+
+class _Steps:
+    """The tail every training step shares, in both profiles: the divergence guard around
+    the update, the fault point, the progress call and the per-step record for experiment
+    loggers (``on_step``). ``diverged(reason)`` raises with the operation's summary.
+
+    A record is ``{"op", "step", "total", "loss", "forget_acc", "projected",
+    "projections"}``: ``loss`` the step's training loss (learning) or forget loss
+    (unlearning; None when the algorithm has none), ``forget_acc`` the forget-buffer
+    accuracy the stop rule saw before the step (unlearning only), ``projected`` whether the
+    step's update was projected, ``projections`` the operation's count so far. Values are
+    turned into Python numbers only when someone listens (a host sync per step)."""
+
+    def __init__(self, guard: _DivergenceGuard, diverged: Callable[[str], None], op: str, total: int,
+                 progress: ProgressFn | None, on_step: StepFn | None):
+        self.guard, self.diverged, self.op, self.total = guard, diverged, op, total
+        self.progress, self.on_step = progress, on_step
+
+    def check_update(self, *updates: torch.Tensor) -> None:
+        for x in updates:
+            why = self.guard.check_update(x)
+            if why:
+                self.diverged(why)
+
+    def done(self, steps: int, message: str, loss=None, forget_acc: float | None = None,
+             projected: bool | None = None, projections: int | None = None) -> None:
+        why = self.guard.check_weights()
+        if why:
+            self.diverged(why)
+        faults.point("train-step")
+        if self.progress:
+            self.progress(steps, self.total, message)
+        if self.on_step is not None:
+            self.on_step({"op": self.op, "step": steps, "total": self.total,
+                          "loss": None if loss is None else float(loss), "forget_acc": forget_acc,
+                          "projected": projected, "projections": projections})
+
+
 # ---------------------------------------------------------------- learning
 
 ScoresFn = Callable[["State"], tuple[np.ndarray, str | None]]
@@ -330,11 +370,12 @@ def _record_learned(state: State, task: int, scores_id, cfg: dict) -> None:
 
 @_with_precision
 def learn_task(state: State, task: int, progress: ProgressFn | None = None,
-               scores_fn: ScoresFn | None = None, impl: str = "fast") -> dict:
-    """Learn ``task`` with the configured algorithm (SPEC §2), then fill its buffers (§5)."""
+               scores_fn: ScoresFn | None = None, impl: str = "fast", on_step: StepFn | None = None) -> dict:
+    """Learn ``task`` with the configured algorithm (SPEC §2), then fill its buffers (§5).
+    ``on_step(record)``: called after every step (see :class:`_Steps`)."""
     task = check_learnable(state, task)
     if state.config.get("profile") == "thesis":
-        return _thesis_learn_task(state, task, progress, scores_fn)
+        return _thesis_learn_task(state, task, progress, scores_fn, on_step)
     cfg = state.config
     algo = get_learn_algo(cfg["learn_algo"])
     t0 = time.perf_counter()
@@ -364,6 +405,7 @@ def learn_task(state: State, task: int, progress: ProgressFn | None = None,
                     "qp_fallbacks": fallbacks},
                    f"lower --lr (now {lr:g})")
 
+    tail = _Steps(guard, diverged, f"L{task}", total, progress, on_step)
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=gen)
         if first_seen is None:
@@ -378,22 +420,16 @@ def learn_task(state: State, task: int, progress: ProgressFn | None = None,
             refs = RefContext(model, ref_batches, impl, gen)
             if ref_batches:
                 algo.prepare(refs, cfg)
-            g, _loss = batch_grad(model, lambda m: masked_ce(m(X[b]), Y[b], cls_t))
+            g, loss = batch_grad(model, lambda m: masked_ce(m(X[b]), Y[b], cls_t))
             x, info = algo.direction(g, refs, cfg)
             if info is not None:
                 projections += int(info.projected)
                 fallbacks += int(info.fallback)
-            why = guard.check_update(x)
-            if why:
-                diverged(why)
+            tail.check_update(x)
             apply_update(params, x, lr)
             steps += 1
-            why = guard.check_weights()
-            if why:
-                diverged(why)
-            faults.point("train-step")
-            if progress:
-                progress(steps, total, f"L{task} epoch {epoch + 1}/{epochs}")
+            tail.done(steps, f"L{task} epoch {epoch + 1}/{epochs}", loss=loss,
+                      projected=None if info is None else bool(info.projected), projections=projections)
     # buffers
     m = buffer_size(cfg["memories"], n)
     scores = None
@@ -450,9 +486,10 @@ def _accuracy(state: State, batch: TaskBatch) -> float:
 
 @_with_precision
 def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: ProgressFn | None = None,
-                 impl: str = "fast", step_hook: Callable | None = None) -> dict:
+                 impl: str = "fast", step_hook: Callable | None = None, on_step: StepFn | None = None) -> dict:
     """Forget ``task`` (SPEC §3). ``ucfg`` overrides the unlearning options of the state's
-    config. ``step_hook(dict)`` (tests) sees g_f, G, the applied update and the mask."""
+    config. ``step_hook(dict)`` (tests) sees g_f, G, the applied update and the mask;
+    ``on_step(record)`` gets every step's record (see :class:`_Steps`)."""
     task = check_task(state, task)
     if task not in state.learned:
         where = "was already unlearned" if task in state.forgotten else "was never learned"
@@ -467,7 +504,7 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
     given = {**{k: v for k, v in state.given.items() if k in C.UNLEARN_DEFAULTS}, **now}
     cfg = R.resolve_unlearn(state.config, given, state.k)
     if state.config.get("profile") == "thesis":
-        return _thesis_unlearn_task(state, task, cfg, given, now, progress, step_hook)
+        return _thesis_unlearn_task(state, task, cfg, given, now, progress, step_hook, on_step)
     algo = get_unlearn_algo(cfg["algo"])
     t0 = time.perf_counter()
     gen = op_generator(cfg["seed"], len(state.history))
@@ -506,6 +543,7 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
                        f"lower --unlearning-rate (now {cfg['unlearning_rate']:g}) or --forget-loss-scale "
                        f"(now {cfg['forget_loss_scale']:g}), or try --salun-strength or another --algo")
 
+        tail = _Steps(guard, diverged, f"U{task}", max_steps, progress, on_step)
         while True:
             final_acc = _accuracy(state, check_batch)
             if final_acc <= cfg["stop_acc"]:
@@ -524,11 +562,12 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
             refs = RefContext(model, ref_batches, impl, gen)
             if ref_batches and algo.uses_refs:
                 refs.G  # noqa: B018 - computed and cached
+            f_loss = None
             if forget is None:  # no forget term
                 g_f = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=params[0].dtype)
             else:
                 loss_fn, fy = forget
-                g_f, _ = batch_grad(model, loss_fn)
+                g_f, f_loss = batch_grad(model, loss_fn)
             if salun is not None:
                 g_f = salun.on_gradient(g_f)
             x, info = algo.combine(g_f, refs, cfg)
@@ -544,17 +583,11 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
             # Gradient ascent can blow the weights up when the projection keeps it from
             # lowering the forget accuracy: never apply a non-finite update, and fail the
             # request once the weights run away (DIVERGENCE_FACTOR)
-            why = guard.check_update(x)
-            if why:
-                diverged(why)
+            tail.check_update(x)
             apply_update(params, x, cfg["unlearning_rate"])
             steps += 1
-            why = guard.check_weights()
-            if why:
-                diverged(why)
-            faults.point("train-step")
-            if progress:
-                progress(steps, max_steps, f"U{task} forget acc {final_acc:.3f}")
+            tail.done(steps, f"U{task} forget acc {final_acc:.3f}", loss=f_loss, forget_acc=final_acc,
+                      projected=None if info is None else bool(info.projected), projections=projections)
     state.learned.remove(task)
     if task not in state.forgotten:
         state.forgotten.append(task)
@@ -611,7 +644,8 @@ def _thesis_ctx(state: State, observed: list[int], rng):
     return ctx
 
 
-def _thesis_learn_task(state: State, task: int, progress: ProgressFn | None, scores_fn: ScoresFn | None) -> dict:
+def _thesis_learn_task(state: State, task: int, progress: ProgressFn | None, scores_fn: ScoresFn | None,
+                       on_step: StepFn | None = None) -> dict:
     """Learning with ``--profile thesis`` (docs/thesis-profile.md): the reference's loop
     (no-shuffle, partial-batch, epoch-test-forward, dead-early-exit), its step
     (:func:`cluctl.thesis.learn_step`) and its buffer choice."""
@@ -644,17 +678,19 @@ def _thesis_learn_task(state: State, task: int, progress: ProgressFn | None, sco
                    {"op": f"L{task}", "algo": algo, "steps": steps, "projections": ctx.projections},
                    f"lower --lr (now {lr:g})")
 
+    tail = _Steps(guard, diverged, f"L{task}", total, progress, on_step)
     model.train()
     for epoch in range(epochs):
         for s in range(0, n, bs):  # no-shuffle, partial-batch
-            upd = T.learn_step(ctx, X[s : s + bs], Y[s : s + bs], task, algo, cfg["mem_strength"], lr)
+            before = ctx.projections
+            try:
+                upd = T.learn_step(ctx, X[s : s + bs], Y[s : s + bs], task, algo, cfg["mem_strength"], lr)
+            except ValueError as e:  # quadprog: the reference code stops with this error too
+                diverged(f"the GEM quadratic program has no solution ({e})")
             steps += 1
-            why = guard.check_update(upd) or guard.check_weights()
-            if why:
-                diverged(why)
-            faults.point("train-step")
-            if progress:
-                progress(steps, total, f"L{task} epoch {epoch + 1}/{epochs}")
+            tail.check_update(upd)
+            tail.done(steps, f"L{task} epoch {epoch + 1}/{epochs}", loss=ctx.last_loss,
+                      projected=ctx.projections > before, projections=ctx.projections)
         with torch.no_grad():  # epoch-test-forward (its early exit never fires: dead-early-exit)
             for s in range(0, n, T.EVAL_CHUNK):
                 model(X[s : s + T.EVAL_CHUNK])
@@ -689,7 +725,8 @@ def _thesis_learn_task(state: State, task: int, progress: ProgressFn | None, sco
 
 
 def _thesis_unlearn_task(state: State, task: int, cfg: dict, given: dict, now: dict,
-                         progress: ProgressFn | None, step_hook: Callable | None) -> dict:
+                         progress: ProgressFn | None, step_hook: Callable | None,
+                         on_step: StepFn | None = None) -> dict:
     """Unlearning with ``--profile thesis``: the reference's rule defaults (stop-cutoffs,
     unlearn-rates, scales), loop (stop-loop, stop-train-mode) and step
     (:func:`cluctl.thesis.unlearn_step`)."""
@@ -729,6 +766,7 @@ def _thesis_unlearn_task(state: State, task: int, cfg: dict, given: dict, now: d
                        f"lower --unlearning-rate (now {cfg['unlearning_rate']:g}) or --forget-loss-scale "
                        f"(now {cfg['forget_loss_scale']:g})")
 
+        tail = _Steps(guard, diverged, f"U{task}", total, progress, on_step)
         model.train()
         for _epoch in range(cfg["max_epochs"]):
             for j in range(0, n_mem, b):  # stop-loop
@@ -736,20 +774,17 @@ def _thesis_unlearn_task(state: State, task: int, cfg: dict, given: dict, now: d
                 if final_acc <= cfg["stop_acc"]:
                     stopped = "stop-acc"
                     break
-                mask, updates = T.unlearn_step(ctx, algo, task, j, j + b, cfg, mask)
+                before = ctx.projections
+                try:
+                    mask, updates = T.unlearn_step(ctx, algo, task, j, j + b, cfg, mask)
+                except ValueError as e:  # quadprog: the reference code stops with this error too
+                    diverged(f"the GEM quadratic program has no solution ({e})")
                 steps += 1
-                for upd in updates:
-                    why = guard.check_update(upd)
-                    if why:
-                        diverged(why)
+                tail.check_update(*updates)
                 if step_hook is not None:
                     step_hook({"updates": updates, "mask": mask, "cfg": cfg})
-                why = guard.check_weights()
-                if why:
-                    diverged(why)
-                faults.point("train-step")
-                if progress:
-                    progress(steps, total, f"U{task} forget acc {final_acc:.3f}")
+                tail.done(steps, f"U{task} forget acc {final_acc:.3f}", loss=ctx.last_loss, forget_acc=final_acc,
+                          projected=ctx.projections > before, projections=ctx.projections)
             if stopped == "stop-acc":
                 break
         projections = ctx.projections

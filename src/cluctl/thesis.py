@@ -290,6 +290,7 @@ class Ctx:
     unlearn_y: dict[int, torch.Tensor] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
     projections: int = 0
+    last_loss: torch.Tensor | None = None  # the last step's (forget) loss, for experiment loggers
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -330,7 +331,9 @@ def learn_step(ctx: Ctx, x: torch.Tensor, y: torch.Tensor, task: int, algo: str,
             ctx.loss(ctx.learn_x[tt], ctx.learn_y[tt], tt).backward()
             refs[tt] = ctx.flat_grad()
     ctx.zero_grad()
-    ctx.loss(x, y, task).backward()
+    loss = ctx.loss(x, y, task)
+    loss.backward()
+    ctx.last_loss = loss.detach()
     g = ctx.flat_grad()
     upd = g
     others = ctx.observed[:-1]
@@ -368,8 +371,9 @@ def _ref_pass(ctx: Ctx, task: int, x1: int, x2: int, mode: str, labels: str = "l
 def _neg_loss(ctx: Ctx, task: int, x1: int, x2: int, scale: float) -> torch.Tensor:
     """sum-loss: -scale * (CE(unlearn slice) + CE(learn slice)), two forward passes."""
     loss = ctx.loss(ctx.unlearn_x[task][x1:x2], ctx.unlearn_y[task][x1:x2], task)
-    loss = loss + ctx.loss(ctx.learn_x[task][x1:x2], ctx.learn_y[task][x1:x2], task)
-    return -scale * loss
+    loss = -scale * (loss + ctx.loss(ctx.learn_x[task][x1:x2], ctx.learn_y[task][x1:x2], task))
+    ctx.last_loss = loss.detach()
+    return loss
 
 
 def _rl_loss(ctx: Ctx, task: int, x1: int, x2: int, scale: float, data_task: int, learn_first: bool) -> torch.Tensor:
@@ -383,7 +387,9 @@ def _rl_loss(ctx: Ctx, task: int, x1: int, x2: int, scale: float, data_task: int
         labs = tensor_shuffle(ys[task][x1:x2].clone(), ctx.rng)
         term = ctx.loss(xs[data_task][x1:x2], labs, task)
         loss = term if loss is None else loss + term
-    return scale * loss
+    loss = scale * loss
+    ctx.last_loss = loss.detach()
+    return loss
 
 
 def _conflict(g: torch.Tensor, refs: dict[int, torch.Tensor], retained: list[int]) -> bool:

@@ -22,6 +22,28 @@ from .common import (DataRootOpt, DeviceOpt, DownloadOpt, ImplOpt, StoreOpt, Thr
                      progress_bar, setup_logging)
 from .options import command_options, typer_option
 
+def _flags_show_no_type() -> None:
+    """Typer's help prints ``<bool>`` in the type column of every on/off flag (--help and
+    --mia included), which reads as if the flag took a value; show nothing there. Only where
+    Typer has that column (its ``display_type_rich``); other versions are left alone."""
+    from typer import core
+
+    option = getattr(core, "TyperOption", None)
+    show = getattr(option, "display_type_rich", None)
+    if show is None or getattr(show, "_cluctl", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        return show(self, ctx)
+
+    display_type_rich._cluctl = True
+    option.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
+
 app = typer.Typer(
     name="cluctl",
     help="Continual learning with continual unlearning: learn a stream of tasks (GEM, A-GEM), "

@@ -87,6 +87,7 @@ def jobs_for(plan: Plan) -> list[dict]:
         "run": plan.run, "seed": seed, "config": plan.config, "sequence": plan.sequence, "device": device,
         "threads": plan.threads, "impl": plan.impl, "precision": plan.precision, "store": plan.store,
         "data_root": plan.data_root, "download": plan.download, "mia": plan.mia, "given": plan.given,
+        "log": list(plan.log), "log_dir": plan.log_dir,
     } for seed, device in plan.assignments()]
 
 
@@ -111,7 +112,11 @@ def _write(plan: Plan, store, run_obj: dict, complete, failed_seeds, refs, train
     if not plan.quiet:
         console.print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} writing results of {len(complete)} seed(s) to "
                       f"{plan.out}" + (" (and the figures)" if plan.plots else ""), markup=False, soft_wrap=True)
-    existed = os.path.lexists(plan.out)
+    # the loggers' folder may sit inside the results folder (the default): it is not part
+    # of what this call writes, and it stays when writing fails
+    logs = os.path.realpath(plan.log_dir) if plan.log_dir else None
+    existed = os.path.lexists(plan.out) and (not os.path.isdir(plan.out) or any(
+        os.path.realpath(os.path.join(plan.out, e)) != logs for e in os.listdir(plan.out)))
     try:
         out = write_results(plan.out, run_obj, complete, mia=mia, failed=failed_seeds, references=refs,
                             reference=plan.reference, retrain_ops=trained, store=store)
@@ -119,7 +124,17 @@ def _write(plan: Plan, store, run_obj: dict, complete, failed_seeds, refs, train
             make_plots(out)
     except (CluctlError, OSError) as e:
         if not existed:
-            shutil.rmtree(plan.out, ignore_errors=True)
+            if logs is not None and os.path.isdir(logs) and os.path.dirname(logs) == os.path.realpath(plan.out):
+                for name in os.listdir(plan.out):
+                    p = os.path.join(plan.out, name)
+                    if os.path.realpath(p) == logs:
+                        continue
+                    if os.path.isdir(p) and not os.path.islink(p):
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        os.unlink(p)
+            else:
+                shutil.rmtree(plan.out, ignore_errors=True)
         if isinstance(e, CluctlError):
             e.what = f"{e.what} (the results folder {plan.out} " + ("may be partly rewritten; " if existed else
                                                                     "was not left behind; ") + \

@@ -345,6 +345,8 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     given: dict[str, Any] = field(default_factory=dict)
     reference: str = "prefix"  # CL-ToW reference: prefix or retrain
+    log: list[str] = field(default_factory=list)  # experiment loggers (cluctl.launch.loggers)
+    log_dir: str = ""
 
     @property
     def n_tasks(self) -> int:
@@ -471,5 +473,13 @@ def make_plan(values: dict[str, Any], store=None) -> Plan:
     if reference not in ("prefix", "retrain"):
         raise UsageError(f"--reference '{v.get('reference')}' is not valid", "choose prefix or retrain")
     plan.reference = reference
+    from .loggers import check_available, parse_kinds
+
+    plan.log = parse_kinds(v.get("log"))
+    plan.log_dir = str(v.get("log_dir") or os.path.join(plan.out, "logs"))
+    if plan.log and aggregate_only:
+        warnings.append("--log records training; --aggregate-only trains nothing, so nothing is logged")
+        plan.log = []
+    check_available(plan.log)  # a missing tensorboard or wandb fails here, before any work
     plan.threads = execution["threads"] or max(1, available_cores() // plan.concurrency())
     return plan

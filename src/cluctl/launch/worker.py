@@ -112,8 +112,8 @@ def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
     Returns {"seed", "ops", "done": n, "ran": n}."""
     import torch
 
-    from ..api import run_operation, scores_provider
-    from ..engine import evaluate_state, load_state, new_state, save_state
+    from ..api import scores_provider
+    from ..engine import load_state, new_state, save_state
     from ..sequences import resolve_sequence
     from ..store import Store
 
@@ -173,7 +173,37 @@ def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
     scores_fn = scores_provider(store, state.config)
     # only the unlearning options given explicitly: the rest follow their rules per operation
     ucfg = {k: given[k] for k in given if k in _unlearn_keys()}
+    logger = _open_logger(job, store, done_ids[:done], labels, execution)
+    try:
+        _run_ops(job, store, state, ops, labels, done, ucfg, scores_fn, execution, report, should_stop, logger)
+    finally:
+        if logger is not None:
+            logger.close()
+    report(("done", seed, n, n - done))
+    return {"seed": seed, "ops": labels, "done": n, "ran": n - done}
 
+
+def _open_logger(job: dict, store, done_ids: list[str], labels: list[str], execution: dict):
+    """The seed's experiment loggers (``--log``), continuing after its finished operations."""
+    if not job.get("log"):
+        return None
+    from .loggers import SeedLogger
+
+    start_step = 0
+    for rid in done_ids:
+        steps = (store.get_json(rid).get("summary") or {}).get("steps")
+        start_step += int(steps) if isinstance(steps, (int, float)) else 0
+    config = {"sequence": job["sequence"], "ops": " ".join(labels), **job["config"],
+              **{f"execution/{k}": v for k, v in execution.items()}}
+    return SeedLogger(job["log"], job["log_dir"], job["run"], int(job["seed"]), config,
+                      start_index=len(done_ids), start_step=start_step)
+
+
+def _run_ops(job, store, state, ops, labels, done, ucfg, scores_fn, execution, report, should_stop, logger) -> None:
+    from ..api import run_operation
+    from ..engine import evaluate_state
+
+    seed, run, n = int(job["seed"]), job["run"], len(ops)
     for i in range(done, n):
         if should_stop():
             raise Stopped()
@@ -191,11 +221,14 @@ def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
                 report(("step", seed, _i, steps, total, msg))
 
         t0 = time.perf_counter()
+        if logger is not None:
+            logger.start_op(i, label)
         # precision goes to the engine, which applies bf16 autocast to the training forward
         # passes only (the projection, evaluation and the stop rule stay float32)
         try:
             done_op = run_operation(state, op.kind, op.task, store=store, ucfg=ucfg, scores_fn=scores_fn,
-                                    progress=progress, impl=job["impl"], precision=job["precision"], label=label)
+                                    progress=progress, impl=job["impl"], precision=job["precision"], label=label,
+                                    on_step=logger.step if logger is not None else None)
         except Diverged as e:
             # the seed stops here: a record of the failed operation (no checkpoint) for the
             # results, the log and the plots; nothing after it runs
@@ -223,9 +256,12 @@ def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
         store.set_ref(op_ref(run, seed, i), store.put_json(result))
         if i == done and store.get_ref(failure_ref(run, seed)) is not None:
             store.delete_ref(failure_ref(run, seed))  # an earlier failure here no longer holds
+        if logger is not None:
+            from .loggers import op_metrics
+
+            logger.op(op_metrics(labels[: i + 1], result["eval"]["test_acc"], state.n_tasks, summary, mia),
+                      steps=summary.get("steps"))
         report(("op-done", seed, i, n, label, summary))
-    report(("done", seed, n, n - done))
-    return {"seed": seed, "ops": labels, "done": n, "ran": n - done}
 
 
 def _unlearn_keys():
