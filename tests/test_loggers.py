@@ -401,3 +401,16 @@ def test_plan_takes_log_from_flags_toml_and_the_api(tmp_path):
     assert launch.plan(log="csv", **base).run == launch.plan(**base).run
     jobs = launch.core.jobs_for(launch.plan(log="csv", **base))
     assert all(j["log"] == ["csv"] and j["log_dir"].endswith("logs") for j in jobs)
+
+
+def test_the_proxy_shows_progress_inside_learn(tmp_path):
+    """Ranked buffers without --mem-scores train the confidence proxy inside the first
+    learn: its epochs reach the operation's progress callback (the CLI's bar, launch's
+    display) before the learn's own steps are done."""
+    from cluctl import api
+
+    seen: list[str] = []
+    kw = dict(TINY, learn_buffer_type="least", unlearn_buffer_type="most")
+    api.learn(0, store=tmp_path / "st", progress=lambda d, t, msg="": seen.append(msg), **kw)
+    proxy = [m for m in seen if m.startswith("proxy epoch")]
+    assert proxy and proxy[-1] == "proxy epoch 5/5" and any(m.startswith("L0 epoch") for m in seen)

@@ -349,6 +349,11 @@ def test_cached_proxy_computes_once(store, digits, monkeypatch, caplog):
     # announced (through logging) with its cost: epochs and images, and how to skip it
     assert "confidence proxy" in caplog.text and f"{len(digits.y_train):,} training images" in caplog.text
     assert "--mem-scores" in caplog.text
+    # and shows its progress: a line per epoch with the time left (log files have no bar)
+    epochs = M.PROXY_DEFAULTS["epochs"]
+    for e in range(1, epochs):
+        assert f"confidence proxy: epoch {e}/{epochs} done after" in caplog.text
+    assert "s left" in caplog.text
     ref = M.proxy_ref(digits, "mlp", 16, 7)
     assert ref == f"scores/proxy/{digits.fingerprint[:16]}-mlp-16-seed7"
     assert store.get_ref(ref) == oid1

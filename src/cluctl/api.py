@@ -62,14 +62,17 @@ def open_store(store=None):
     return Store.open(Path(store or os.environ.get("CLUCTL_STORE") or "store"))
 
 
-def scores_provider(store, cfg: dict, quiet: bool = False) -> Callable[[State], tuple[np.ndarray, str | None]]:
-    """Scores for ranked buffers: ``--mem-scores REF`` or the cached confidence proxy."""
+def scores_provider(store, cfg: dict, quiet: bool = False,
+                    progress=None) -> Callable[[State], tuple[np.ndarray, str | None]]:
+    """Scores for ranked buffers: ``--mem-scores REF`` or the cached confidence proxy
+    (``progress(done, total, message)`` follows its training when it is computed)."""
 
     def provide(state: State):
         from .buffers.memorization import resolve_scores
 
         return resolve_scores(store, state.dataset, cfg.get("mem_scores"), state.config["model"],
-                              state.config.get("width"), state.config["seed"], device=state.device)
+                              state.config.get("width"), state.config["seed"], device=state.device,
+                              progress=progress, quiet=quiet)
 
     return provide
 
@@ -194,7 +197,8 @@ def learn(task: int, from_ref: str | None = None, store=None, device: str | None
             load_scores(st, state.config["mem_scores"], dataset=state.dataset)
         root = save_state(st, state, "init")
         _checkpoint_ref(st, root)
-    return run_operation(state, "L", task, store=st, scores_fn=scores_provider(st, state.config), progress=progress,
+    return run_operation(state, "L", task, store=st, scores_fn=scores_provider(st, state.config, progress=progress),
+                         progress=progress,
                          impl=impl, precision=precision, checkpoint_ref=True, on_step=on_step)
 
 

@@ -170,12 +170,24 @@ def run_seed(job: dict[str, Any], report: Callable[[tuple], None] | None = None,
         else:
             state = new_state(dict(cfg, seed=seed), given=dict(given), **common)
             store.set_ref(f"{prefix}/init", save_state(store, state, "init"))
-    scores_fn = scores_provider(store, state.config)
+    current = [done]  # the operation under way, for progress reports from the proxy's training
+    last_sent = [0.0]
+
+    def progress(steps: int, total: int, msg: str = "") -> None:
+        if should_stop():
+            raise Stopped()
+        now = time.monotonic()
+        if now - last_sent[0] >= _PROGRESS_INTERVAL_S or steps >= total:
+            last_sent[0] = now
+            report(("step", seed, current[0], steps, total, msg))
+
+    scores_fn = scores_provider(store, state.config, progress=progress)
     # only the unlearning options given explicitly: the rest follow their rules per operation
     ucfg = {k: given[k] for k in given if k in _unlearn_keys()}
     logger = _open_logger(job, store, done_ids[:done], labels, execution)
     try:
-        _run_ops(job, store, state, ops, labels, done, ucfg, scores_fn, execution, report, should_stop, logger)
+        _run_ops(job, store, state, ops, labels, done, ucfg, scores_fn, execution, report, should_stop, logger,
+                 progress, current)
     finally:
         if logger is not None:
             logger.close()
@@ -199,7 +211,8 @@ def _open_logger(job: dict, store, done_ids: list[str], labels: list[str], execu
                       start_index=len(done_ids), start_step=start_step)
 
 
-def _run_ops(job, store, state, ops, labels, done, ucfg, scores_fn, execution, report, should_stop, logger) -> None:
+def _run_ops(job, store, state, ops, labels, done, ucfg, scores_fn, execution, report, should_stop, logger,
+             progress, current) -> None:
     from ..api import run_operation
     from ..engine import evaluate_state
 
@@ -210,16 +223,7 @@ def _run_ops(job, store, state, ops, labels, done, ucfg, scores_fn, execution, r
         op = ops[i]
         label = labels[i]
         report(("op", seed, i, n, label))
-        last_sent = [0.0]
-
-        def progress(steps: int, total: int, msg: str = "", _i=i) -> None:
-            if should_stop():
-                raise Stopped()
-            now = time.monotonic()
-            if now - last_sent[0] >= _PROGRESS_INTERVAL_S or steps >= total:
-                last_sent[0] = now
-                report(("step", seed, _i, steps, total, msg))
-
+        current[0] = i
         t0 = time.perf_counter()
         if logger is not None:
             logger.start_op(i, label)

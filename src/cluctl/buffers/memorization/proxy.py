@@ -111,7 +111,19 @@ def cached_proxy(store, dataset, model: str, width, seed: int, device=None,
                  "cached in the store as %s", ds.name, kind, w, seed, PROXY_DEFAULTS["epochs"], f"{len(ds.y_train):,}",
                  dev, ref)
     t0 = time.perf_counter()
-    scores = confidence_proxy(ds, kind, w, seed, device=dev, progress=progress, threads=threads, **PROXY_DEFAULTS)
+    seen = [None]
+
+    def track(done: int, total: int, msg: str = "") -> None:
+        # a line per finished epoch (log files and Slurm outputs show no progress bar)
+        if not quiet and seen[0] is not None and msg != seen[0]:
+            spent = time.perf_counter() - t0
+            log.info("confidence proxy: %s done after %.0f s, about %.0f s left", seen[0].replace("proxy ", ""),
+                     spent, spent * (total - done) / max(done, 1))
+        seen[0] = msg
+        if progress is not None:
+            progress(done, total, msg)
+
+    scores = confidence_proxy(ds, kind, w, seed, device=dev, progress=track, threads=threads, **PROXY_DEFAULTS)
     meta = {
         "method": "confidence",
         "dataset": ds.name,
