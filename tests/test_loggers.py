@@ -257,6 +257,10 @@ def _launch(tmp_path, capfd, *extra, name="res"):
     code, out, err = in_process("launch", "--sequence", "L0-1 U1", *TINY_L, "--store", tmp_path / "st",
                                 "--out", tmp_path / name, *extra, capfd=capfd)
     assert code == 0, err
+    if "--log" in extra:  # where the logs go is said up front (and how to upload offline wandb runs)
+        kinds = extra[extra.index("--log") + 1]
+        assert f"experiment logs ({kinds.replace(',', ', ')}) in {tmp_path / name / 'logs'}" in err
+        assert ("wandb sync" in err) == ("wandb" in kinds)
     return tmp_path / name
 
 

@@ -190,6 +190,11 @@ def execute(plan: Plan, store=None, console: Console | None = None, live: bool |
             f"seeds {', '.join(map(str, plan.seeds))} on {devs} ({plan.per_device} per device, "
             f"{plan.threads} thread(s) each); store {plan.store}",
             markup=False, highlight=False, soft_wrap=True)
+        if plan.log:
+            offline = "wandb" in plan.log and (os.environ.get("WANDB_MODE") or "offline") == "offline"
+            console.print(f"experiment logs ({', '.join(plan.log)}) in {plan.log_dir}" +
+                          (f"; wandb runs offline: upload them with `wandb sync {os.path.join(plan.log_dir, 'wandb', 'wandb')}"
+                           "/offline-run-*`" if offline else ""), markup=False, highlight=False, soft_wrap=True)
     jobs = [j for j in jobs_for(plan) if _needs_work(st, plan, j["seed"])]
     result = None
     if jobs:
