@@ -405,6 +405,8 @@ def test_plan_takes_log_from_flags_toml_and_the_api(tmp_path):
     assert launch.plan(log="csv", **base).run == launch.plan(**base).run
     jobs = launch.core.jobs_for(launch.plan(log="csv", **base))
     assert all(j["log"] == ["csv"] and j["log_dir"].endswith("logs") for j in jobs)
+    agg = launch.plan(log="csv", aggregate_only=True, **base)  # nothing is trained, so nothing to log
+    assert agg.log == [] and any("--aggregate-only" in w for w in agg.warnings)
 
 
 def test_the_proxy_shows_progress_inside_learn(tmp_path):
