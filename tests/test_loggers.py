@@ -98,6 +98,11 @@ def test_bad_log_value_is_one_line(tmp_path, capfd):
                                 "--log", "csv,mlflow", capfd=capfd)
     assert code == 2 and err.strip().startswith("error: --log 'mlflow' is not a logger"), err
     assert len(err.strip().splitlines()) == 1
+    (tmp_path / "afile").write_text("x")
+    code, out, err = in_process("launch", "--sequence", "L0-1", *TINY_L, "--store", tmp_path / "st",
+                                "--log", "csv", "--log-dir", tmp_path / "afile" / "logs", capfd=capfd)
+    assert code == 2 and err.strip().startswith("error: --log-dir") and "is a file" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "st").exists()
 
 
 def test_launch_help_lists_the_loggers():
@@ -420,3 +425,33 @@ def test_the_proxy_shows_progress_inside_learn(tmp_path):
     api.learn(0, store=tmp_path / "st", progress=lambda d, t, msg="": seen.append(msg), **kw)
     proxy = [m for m in seen if m.startswith("proxy epoch")]
     assert proxy and proxy[-1] == "proxy epoch 5/5" and any(m.startswith("L0 epoch") for m in seen)
+
+
+def test_a_failing_logger_is_dropped_with_one_warning_and_the_run_goes_on(tmp_path, caplog):
+    """A logger that fails mid-run (here the CSV file's disk "fills up") stops recording
+    with one warning; the other loggers and the operation go on."""
+    pytest.importorskip("tensorboard")
+    lg = LG.SeedLogger(["csv", "tensorboard"], tmp_path / "logs", "r", 0, {"algo": "neggem"})
+    lg.start_op(0, "L0")
+    lg.step({"op": "L0", "step": 1, "loss": 0.5})
+    csv_backend = lg.backends[0]
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    csv_backend.step = full
+    with caplog.at_level("WARNING", logger="cluctl"):
+        lg.step({"op": "L0", "step": 2, "loss": 0.4})
+        lg.step({"op": "L0", "step": 3, "loss": 0.3})
+    warnings = [r for r in caplog.records if "stopped recording" in r.getMessage()]
+    assert len(warnings) == 1 and "--log csv" in warnings[0].getMessage()
+    assert "No space left" in warnings[0].getMessage()
+    assert [LG._kind_of(b) for b in lg.backends] == ["tensorboard"]
+    lg.op({"retain_acc": 0.9}, steps=3)
+    lg.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "logs" / "tensorboard" / "seed-0" / "steps"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss/L")] == [1, 2, 3]
+    assert len(_rows(tmp_path / "logs" / "csv" / "seed-0" / "steps.csv")) == 1

@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -41,6 +42,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import UsageError
+
+log = logging.getLogger(__name__)
 
 KINDS = ("csv", "tensorboard", "wandb")
 STEP_FIELDS = ("run", "seed", "index", "op", "step", "global_step", "loss", "forget_acc", "projected", "projections")
@@ -276,6 +279,10 @@ class _Wandb:
         self.run.finish()
 
 
+def _kind_of(backend) -> str:
+    return {_Csv: "csv", _TensorBoard: "tensorboard", _Wandb: "wandb"}.get(type(backend), type(backend).__name__)
+
+
 class SeedLogger:
     """Everything one seed records, to each backend of ``kinds``, under ``log_dir``.
     ``start_index``: the first operation this process runs (earlier ones are finished);
@@ -314,16 +321,30 @@ class SeedLogger:
         """An engine ``on_step`` record of the current operation."""
         self.global_step = self._op_start + int(rec["step"])
         base = {"run": self.run, "seed": self.seed, "index": self.index, "op": self.label}
-        for b in self.backends:
-            b.step(base, rec, self.global_step)
+        self._each("step", base, rec, self.global_step)
 
     def op(self, metrics: dict[str, float], steps: int | None = None) -> None:
         """The current operation finished with ``metrics`` (:func:`op_metrics`) after ``steps``."""
         if steps is not None:
             self.global_step = self._op_start + int(steps)
         base = {"run": self.run, "seed": self.seed, "index": self.index, "op": self.label}
-        for b in self.backends:
-            b.op(base, metrics, self.global_step)
+        self._each("op", base, metrics, self.global_step)
+
+    def _each(self, what: str, *args) -> None:
+        """Hand a record to every backend. A backend that fails (a full disk, a wandb error)
+        is dropped with one warning: the run goes on, its results are in the store."""
+        for b in list(self.backends):
+            try:
+                getattr(b, what)(*args)
+            except Exception as e:  # noqa: BLE001 - a logger never stops the science
+                self.backends.remove(b)
+                log.warning("warning: seed %s: --log %s stopped recording (%s: %s); the run goes on and its "
+                            "results are in the store", self.seed, _kind_of(b), type(e).__name__,
+                            " ".join(str(e).split())[:200])
+                try:
+                    b.close()
+                except Exception:  # noqa: BLE001
+                    pass
 
     def close(self) -> None:
         for b in self.backends:

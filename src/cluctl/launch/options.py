@@ -367,6 +367,21 @@ class Plan:
         return max(1, min(len(self.seeds), len(self.devices) * self.per_device))
 
 
+def _check_writable_dir(path: str, flag: str) -> None:
+    """``path`` is a folder, or can be made one: its nearest existing ancestor is a writable
+    folder (checked before any work; nothing is created here)."""
+    p = os.path.abspath(path)
+    while not os.path.lexists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    if not os.path.isdir(p):
+        raise UsageError(f"{flag} {path} cannot be a folder: {p} is a file", f"pick another {flag}")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path} cannot be written: {p} is not writable", f"pick another {flag}")
+
+
 def _stored_run(store, name: str) -> dict:
     oid = store.get_ref(f"runs/{name}/config")
     if oid is None:
@@ -481,5 +496,7 @@ def make_plan(values: dict[str, Any], store=None) -> Plan:
         warnings.append("--log records training; --aggregate-only trains nothing, so nothing is logged")
         plan.log = []
     check_available(plan.log)  # a missing tensorboard or wandb fails here, before any work
+    if plan.log:
+        _check_writable_dir(plan.log_dir, "--log-dir")
     plan.threads = execution["threads"] or max(1, available_cores() // plan.concurrency())
     return plan

@@ -207,8 +207,12 @@ def _open_logger(job: dict, store, done_ids: list[str], labels: list[str], execu
         start_step += int(steps) if isinstance(steps, (int, float)) else 0
     config = {"sequence": job["sequence"], "ops": " ".join(labels), **job["config"],
               **{f"execution/{k}": v for k, v in execution.items()}}
-    return SeedLogger(job["log"], job["log_dir"], job["run"], int(job["seed"]), config,
-                      start_index=len(done_ids), start_step=start_step)
+    try:
+        return SeedLogger(job["log"], job["log_dir"], job["run"], int(job["seed"]), config,
+                          start_index=len(done_ids), start_step=start_step)
+    except OSError as e:
+        raise UsageError(f"--log {','.join(job['log'])}: cannot write the logs under {job['log_dir']} "
+                         f"({e.strerror or e})", "pick another --log-dir") from None
 
 
 def _run_ops(job, store, state, ops, labels, done, ucfg, scores_fn, execution, report, should_stop, logger,
