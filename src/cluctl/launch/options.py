@@ -497,6 +497,6 @@ def make_plan(values: dict[str, Any], store=None) -> Plan:
         plan.log = []
     check_available(plan.log)  # a missing tensorboard or wandb fails here, before any work
     if plan.log:
-        _check_writable_dir(plan.log_dir, "--log-dir")
+        _check_writable_dir(plan.log_dir, C.OPTIONS["log_dir"].flag)
     plan.threads = execution["threads"] or max(1, available_cores() // plan.concurrency())
     return plan
