@@ -472,6 +472,20 @@ def learn_task(state: State, task: int, progress: ProgressFn | None = None,
 # ---------------------------------------------------------------- unlearning
 
 
+def _record_unlearned(state: State, task: int, cfg: dict, now: dict) -> None:
+    """The bookkeeping after an unlearning, both profiles: the task is forgotten, its
+    buffers go, the options given now (``now``) are inherited by later operations."""
+    state.learned.remove(task)
+    if task not in state.forgotten:
+        state.forgotten.append(task)
+    state.buffers.pop(task, None)
+    state.history.append(f"U{task}")
+    state.op_config = dict(cfg)
+    for k in now:
+        state.given[k] = cfg[k]
+        state.config[k] = cfg[k]
+
+
 @torch.no_grad()
 def _accuracy(state: State, batch: TaskBatch) -> float:
     model = state.model
@@ -588,15 +602,7 @@ def unlearn_task(state: State, task: int, ucfg: dict | None = None, progress: Pr
             steps += 1
             tail.done(steps, f"U{task} forget acc {final_acc:.3f}", loss=f_loss, forget_acc=final_acc,
                       projected=None if info is None else bool(info.projected), projections=projections)
-    state.learned.remove(task)
-    if task not in state.forgotten:
-        state.forgotten.append(task)
-    state.buffers.pop(task, None)
-    state.history.append(f"U{task}")
-    state.op_config = dict(cfg)
-    for k in now:  # what was given now is inherited by later operations
-        state.given[k] = cfg[k]
-        state.config[k] = cfg[k]
+    _record_unlearned(state, task, cfg, now)
     summary = {"op": f"U{task}", "algo": cfg["algo"], "steps": steps, "projections": projections,
                "qp_fallbacks": fallbacks, "final_forget_acc": final_acc, "stop_acc": cfg["stop_acc"],
                "stopped": stopped, "wall_s": round(time.perf_counter() - t0, 4)}
@@ -788,15 +794,7 @@ def _thesis_unlearn_task(state: State, task: int, cfg: dict, given: dict, now: d
             if stopped == "stop-acc":
                 break
         projections = ctx.projections
-    state.learned.remove(task)
-    if task not in state.forgotten:
-        state.forgotten.append(task)
-    state.buffers.pop(task, None)
-    state.history.append(f"U{task}")
-    state.op_config = dict(cfg)
-    for k in now:
-        state.given[k] = cfg[k]
-        state.config[k] = cfg[k]
+    _record_unlearned(state, task, cfg, now)
     summary = {"op": f"U{task}", "algo": algo, "profile": "thesis", "steps": steps, "projections": projections,
                "qp_fallbacks": 0, "final_forget_acc": final_acc, "stop_acc": cfg["stop_acc"], "stopped": stopped,
                "wall_s": round(time.perf_counter() - t0, 4)}
